@@ -1,0 +1,133 @@
+"""Structured-config schemas: the types behind every YAML file in `conf/`.
+
+`register_configs()` stores each schema as `schema/<group>` in Hydra's ConfigStore. Every option file
+starts its defaults list with `/schema/<group>@_here_`, so a typo, a wrong type or a missing `???`
+fails at compose time, before any job starts or any SLURM submission is made. `pipeline.run` turns
+the composed config into these dataclasses once (`OmegaConf.to_object`); stage modules never see
+OmegaConf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    name: str = "???"  # short name written into every results row (tiny_llava, llava, ...)
+    family: str = "???"  # adapter registry key: llava | qwen2_5_vl
+    path: str = "???"  # hub id or local folder of the checkpoint
+    revision: str | None = None  # hub revision (commit, tag); None = default branch
+    builder: str | None = None  # "tiny": build the checkpoint offline into `path` when it is missing
+    builder_seed: int = 0  # seed of the random weights of a built checkpoint
+    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bf16 on GPU, fp32 on CPU)
+    device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
+    attn_implementation: str = "sdpa"  # sdpa | eager; keys do not depend on it, speed does
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "???"  # short name written into every results row
+    n_samples: int = 32  # how many samples to generate or select
+    seed: int = 0  # seed of the generated images and questions (or of the selection)
+    style: str = "mmbench_cn"  # synthetic question style: mmbench_cn (Chinese) | mmmu (English) | mixed
+    image_size: int = 96  # side of the drawn images, pixels (the processor resizes them)
+
+
+@dataclass
+class LayerConfig:
+    # Layer positions or explicit decoder-layer indices, e.g. [early, middle, late] or [3, 17].
+    positions: list[str] = field(default_factory=lambda: ["early", "middle", "late"])
+    # Where a named position sits in a decoder of L layers: index = floor(fraction * (L - 1) + 0.5).
+    fractions: dict[str, float] = field(default_factory=lambda: {"early": 0.1, "middle": 0.5, "late": 0.9})
+
+
+@dataclass
+class KeysConfig:
+    site: str = "post_rope"  # post_rope (what enters q.k, = the KV cache) | pre_rope (k_proj output)
+    batch_size: int = 8  # samples per forward pass
+    shard_size: int = 16  # samples per cache shard: the unit of resume
+    max_tokens_per_sample: int | None = 256  # per-modality cap per sample, seeded; None keeps all tokens
+    store_dtype: str = "float32"  # dtype of the cached keys: float32 | bfloat16 | float16
+    seed: int = 0  # seed of the per-sample token subsampling
+
+
+@dataclass
+class AnalysisConfig:
+    n_splits: int = 5  # R: repeats of the random split of samples into halves A and B
+    max_tokens_per_group: int = 1000  # cap per (half, modality), seeded, stratified by sample
+    seed: int = 0  # seed of the splits and of the token caps
+    device: str = "auto"  # where the statistics run: cpu | cuda | auto
+
+
+@dataclass
+class MetricConfig:
+    names: list[str] = field(default_factory=lambda: ["mmd2", "jsd"])  # metrics computed per comparison
+    n_permutations: int = 200  # permutations for MMD p-values (0 = no test)
+    unbiased: bool = True  # unbiased MMD^2 estimator (off-diagonal means) or biased
+    jsd_projection: str = "pca"  # pca | random | none: 1-D projections the JSD is averaged over
+    jsd_n_projections: int = 16  # how many projections
+    jsd_bins: int = 64  # shared equal-width histogram bins per projection
+
+
+@dataclass
+class KernelConfig:
+    name: str = "rbf"  # kernel registry key: rbf | laplacian | linear | polynomial | imq | energy
+    bandwidth: str = "median"  # "median" (heuristic over the pooled sample) or a number: sigma itself
+    bandwidth_scale: float = 1.0  # multiplies sigma, for bandwidth ablations
+
+
+@dataclass
+class ReportConfig:
+    tsne_points: int = 600  # points per layer in the t-SNE picture (seeded, balanced by modality)
+    tsne_pca_dim: int = 50  # PCA components before t-SNE
+    perplexity: float = 30.0  # t-SNE perplexity
+    seed: int = 0
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | none
+    project: str = "keyspace"  # W&B project
+    entity: str | None = None  # W&B entity (team or user); None = the default of the login
+    mode: str = "offline"  # offline | online | disabled; the WANDB_MODE environment variable wins
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = "???"  # shared key cache and built tiny checkpoints; shared storage on a cluster
+
+
+@dataclass
+class JobConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    layer: LayerConfig = field(default_factory=LayerConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+
+
+GROUP_SCHEMAS = {
+    "model": ModelConfig,
+    "benchmark": BenchmarkConfig,
+    "layer": LayerConfig,
+    "metric": MetricConfig,
+    "kernel": KernelConfig,
+    "logger": LoggerConfig,
+}
+
+
+def register_configs() -> None:
+    """Store the job schema and one schema per config group in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="job_schema", node=JobConfig)
+    for group, schema in GROUP_SCHEMAS.items():
+        cs.store(group="schema", name=group, node=schema)

@@ -1,0 +1,78 @@
+"""Capture attention keys of chosen decoder layers during one forward pass, then stop.
+
+`KeyCapture` is a context manager over a model's text decoder layers. It hooks only the requested
+layers and records, per layer i:
+
+- `layers.{i}.k_pre`: output of `self_attn.k_proj` (before RoPE), [B, S, kv_heads*head_dim];
+- `layers.{i}.k_post`: what enters q.k (after RoPE, M-RoPE for Qwen2.5-VL), [B, S, kv_heads*head_dim],
+  read from the model's own KV cache, so it is by construction what the attention used.
+
+A hook on the deepest requested decoder layer raises a private `_StopForward` once that layer has
+run: later layers, the final norm and the lm_head never run. Every hook is removed in `finally`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+SITES = ("pre_rope", "post_rope")
+
+
+class _StopForward(Exception):
+    """Raised from the hook of the deepest requested layer to end the forward early."""
+
+
+class KeyCapture:
+    """Hooks for one forward: `with KeyCapture(...) as cap: cap.run(**inputs)`; then `cap.keys`."""
+
+    def __init__(self, model: Any, decoder_layers: Any, layers: list[int], site: str, dtype: torch.dtype,
+                 device: str | torch.device = "cpu"):
+        if site not in SITES:
+            raise ValueError(f"keys.site={site!r} is not one of {list(SITES)}")
+        self.model, self.decoder_layers = model, decoder_layers
+        self.layers, self.site = sorted(layers), site
+        self.dtype, self.device = dtype, device
+        self.keys: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> KeyCapture:
+        if self.site == "pre_rope":
+            for i in self.layers:
+                self._handles.append(self.decoder_layers[i].self_attn.k_proj.register_forward_hook(
+                    lambda _m, _inp, out, i=i: self._store(f"layers.{i}.k_pre", out)))
+        self._handles.append(self.decoder_layers[self.layers[-1]].register_forward_hook(self._stop))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def run(self, **inputs: Any) -> dict[str, torch.Tensor]:
+        """Forward `inputs` up to the deepest requested layer; returns {name: [B, S, kv_heads*head_dim]}."""
+        from transformers import DynamicCache
+
+        self.keys = {}
+        cache = DynamicCache(config=self.model.config.get_text_config())
+        try:
+            with torch.inference_mode():
+                self.model(**inputs, past_key_values=cache, use_cache=True)
+        except _StopForward:
+            pass
+        if self.site == "post_rope":
+            for i in self.layers:
+                keys = cache.layers[i].keys  # [B, kv_heads, S, head_dim]
+                self._store(f"layers.{i}.k_post", keys.transpose(1, 2).flatten(2))
+        return self.keys
+
+    def _store(self, name: str, keys: torch.Tensor) -> None:
+        self.keys[name] = keys.detach().to(device=self.device, dtype=self.dtype)
+
+    def _stop(self, *_: object) -> None:
+        raise _StopForward
+
+
+def key_name(layer: int, site: str) -> str:
+    return f"layers.{layer}.{'k_pre' if site == 'pre_rope' else 'k_post'}"

@@ -1,0 +1,120 @@
+"""Cross-modal comparison against intra-modal controls, over repeated random splits of the samples.
+
+For each repeat r (seeded by (seed, r)): the samples, not the tokens, are split into disjoint halves
+A and B (tokens of one image are correlated, so a token-level split would make the controls look
+artificially close). Each (half, modality) group is capped at `max_tokens_per_group` tokens, drawn
+stratified by sample (every sample gives about as many tokens). Then every configured metric is
+computed for image(A) vs text(B), image(A) vs image(B) and text(A) vs text(B), with block ids =
+sample numbers so permutation tests move whole samples. One row per (comparison, metric, repeat).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from experiments.config import KernelConfig, MetricConfig
+from experiments.metrics import jsd, mmd2, mmd_test
+
+COMPARISONS = {  # name -> (modality of the A side, modality of the B side); True = image
+    "image_vs_text": (True, False),
+    "image_vs_image": (True, True),
+    "text_vs_text": (False, False),
+}
+
+MetricFn = Callable[..., tuple[float, float]]
+
+
+def _mmd2(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, device: str) -> tuple[float, float]:
+    options = dict(kernel=kernel.name, bandwidth=parse_bandwidth(kernel.bandwidth),
+                   bandwidth_scale=kernel.bandwidth_scale, unbiased=metric.unbiased, seed=seed, device=device)
+    if metric.n_permutations == 0:
+        return mmd2(x, y, **options), math.nan
+    test = mmd_test(x, y, n_permutations=metric.n_permutations, groups_x=gx, groups_y=gy, **options)
+    return test.statistic, test.p_value
+
+
+def _jsd(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, device: str) -> tuple[float, float]:
+    value = jsd(x, y, projection=metric.jsd_projection, n_projections=metric.jsd_n_projections,
+                bins=metric.jsd_bins, seed=seed, device=device)
+    return value, math.nan
+
+
+METRICS: dict[str, MetricFn] = {"mmd2": _mmd2, "jsd": _jsd}
+KERNEL_METRICS = {"mmd2"}  # metrics whose rows carry the kernel name
+
+
+def parse_bandwidth(bandwidth: str) -> str | float:
+    """`"median"` stays a rule; anything else must be a number (sigma itself)."""
+    if bandwidth == "median":
+        return bandwidth
+    try:
+        return float(bandwidth)
+    except ValueError:
+        raise ValueError(f"kernel.bandwidth={bandwidth!r}: use 'median' or a positive number") from None
+
+
+def check_metric_names(names: list[str]) -> None:
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"metric.names contains unknown {unknown}; valid metrics: {sorted(METRICS)}")
+
+
+def compare_modalities(keys: torch.Tensor, is_image: torch.Tensor, sample: torch.Tensor, *, n_splits: int,
+                       max_tokens_per_group: int, seed: int, metric: MetricConfig, kernel: KernelConfig,
+                       device: str) -> list[dict]:
+    """Rows {comparison, metric, kernel, split, value, p_value, n_x, n_y} for one layer's keys.
+
+    Args:
+        keys: [tokens, kv_heads*head_dim] keys of one layer.
+        is_image: [tokens] True for image tokens.
+        sample: [tokens] sample number of each token (the block id).
+
+    Raises:
+        ValueError: fewer than 2 samples with keys, or an unknown metric name.
+    """
+    check_metric_names(metric.names)
+    samples = np.unique(sample.numpy())
+    if len(samples) < 2:
+        raise ValueError(f"need at least 2 samples with keys to split into halves, got {len(samples)}: "
+                         "raise benchmark.n_samples")
+    sample_np, image_np = sample.numpy(), is_image.numpy()
+    rows = []
+    for split in range(n_splits):
+        rng = np.random.default_rng([seed, split])
+        order = rng.permutation(samples)
+        half_a, half_b = order[: len(order) // 2], order[len(order) // 2:]
+        groups = {}
+        for half, members in (("A", half_a), ("B", half_b)):
+            in_half = np.isin(sample_np, members)
+            for modality in (True, False):
+                idx = np.flatnonzero(in_half & (image_np == modality))
+                groups[half, modality] = _stratified_cap(idx, sample_np, max_tokens_per_group, rng)
+        for comparison, (mod_a, mod_b) in COMPARISONS.items():
+            ia, ib = groups["A", mod_a], groups["B", mod_b]
+            x, y = keys[torch.from_numpy(ia)], keys[torch.from_numpy(ib)]
+            gx, gy = torch.from_numpy(sample_np[ia]), torch.from_numpy(sample_np[ib])
+            for name in metric.names:
+                value, p_value = METRICS[name](x, y, gx, gy, metric, kernel, seed + split, device)
+                rows.append({"comparison": comparison, "metric": name,
+                             "kernel": kernel.name if name in KERNEL_METRICS else "none", "split": split,
+                             "value": float(value), "p_value": float(p_value), "n_x": len(ia), "n_y": len(ib)})
+    return rows
+
+
+def _stratified_cap(idx: np.ndarray, sample: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """At most `cap` of the token indices `idx`, taking tokens from the samples in turn (random order within)."""
+    if len(idx) <= cap:
+        return idx
+    shuffled = idx[rng.permutation(len(idx))]
+    owners = sample[shuffled]
+    by_owner = np.argsort(owners, kind="stable")
+    sorted_owners = owners[by_owner]
+    starts = np.flatnonzero(np.r_[True, sorted_owners[1:] != sorted_owners[:-1]])
+    counts = np.diff(np.r_[starts, len(sorted_owners)])
+    rank = np.empty(len(shuffled), dtype=np.int64)
+    rank[by_owner] = np.arange(len(shuffled)) - np.repeat(starts, counts)  # rank of each token within its sample
+    return np.sort(shuffled[np.argsort(rank, kind="stable")[:cap]])

@@ -1,0 +1,61 @@
+"""What keyspace needs to know about a model family, declared once per family.
+
+An adapter names the transformers class, where the decoder layers sit, how the processor is loaded
+and where the image-token id lives; everything else (hooks, cache reading, masks) is shared code in
+`keys/`. Adding a family is one module declaring a `ModelAdapter` plus one YAML in `conf/model/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
+
+from experiments.benchmarks.sample import Sample
+
+
+@dataclass(frozen=True)
+class ModelAdapter:
+    """Declarative description of one VLM family.
+
+    Attributes:
+        family: registry key, written into the config (`model.family`).
+        model_class: transformers class name of the full image-text-to-text model.
+        decoder_layers: attribute path from that model to its text decoder's `nn.ModuleList`.
+        load_processor: `(path, revision) -> processor` (image processor + tokenizer + chat template).
+    """
+
+    family: str
+    model_class: str
+    decoder_layers: str
+    load_processor: Callable[[str, str | None], Any]
+
+    def layers(self, model: Any) -> Any:
+        """The text decoder layers (`nn.ModuleList`); never the vision tower's layers."""
+        return attrgetter(self.decoder_layers)(model)
+
+    def image_token_id(self, model: Any) -> int:
+        """Id of the placeholder token that the processor expands into one token per image patch."""
+        return int(model.config.image_token_id)
+
+    def model_inputs(self, processor: Any, samples: list[Sample]) -> Any:
+        """Processor outputs for a batch: the chat template applied to each sample, right-padded.
+
+        Right padding keeps every real token at the position it has when run alone (LLaVA takes
+        `arange` positions; Qwen's M-RoPE index is mask-aware either way).
+        """
+        conversations = [[{"role": "user", "content": [
+            {"type": "image", "image": p} if not isinstance(p, str) else {"type": "text", "text": p}
+            for p in sample.parts]}] for sample in samples]
+        processor.tokenizer.padding_side = "right"
+        return processor.apply_chat_template(
+            conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
+            return_tensors="pt", processor_kwargs={"padding": True})
+
+
+def auto_processor(path: str, revision: str | None) -> Any:
+    """The checkpoint's own processor class, PIL image backend (bit-reproducible across machines)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path, revision=revision, backend="pil")

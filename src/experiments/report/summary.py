@@ -1,0 +1,25 @@
+"""The one-screen summary printed at the end of a job."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def summary_text(results: pd.DataFrame, header: str) -> str:
+    """Mean ± std over splits per layer × metric × comparison, the cross/intra ratio and median p."""
+    lines = [header, ""]
+    grouped = results.groupby(["layer_index", "layer", "metric", "comparison"], sort=True)["value"]
+    stats = grouped.agg(["mean", "std"]).reset_index()
+    for (index, layer, metric), part in stats.groupby(["layer_index", "layer", "metric"], sort=True):
+        values = part.set_index("comparison")
+        cells = [f"{c} {values.loc[c, 'mean']:.4f}±{values.loc[c, 'std']:.4f}"
+                 for c in ("image_vs_text", "image_vs_image", "text_vs_text") if c in values.index]
+        intra = max(values.loc[["image_vs_image", "text_vs_text"], "mean"].abs().max(), 1e-12)
+        line = f"layer {layer:>6} (#{index}) {metric:<5} " + "  ".join(cells)
+        line += f"  cross/intra {values.loc['image_vs_text', 'mean'] / intra:,.1f}x"
+        p = results[(results["layer_index"] == index) & (results["metric"] == metric)
+                    & (results["comparison"] == "image_vs_text")]["p_value"].dropna()
+        if len(p):
+            line += f"  median p(image_vs_text) {p.median():.3g}"
+        lines.append(line)
+    return "\n".join(lines)

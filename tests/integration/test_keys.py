@@ -1,0 +1,118 @@
+"""Key capture against the model's own oracles: its KV cache, its hidden states, a full forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experiments.benchmarks import load_samples
+from experiments.benchmarks.sample import Sample
+from experiments.config import BenchmarkConfig
+from experiments.keys.capture import KeyCapture, key_name
+from experiments.keys.extract import extract_keys
+
+SITES = ["pre_rope", "post_rope"]
+
+
+def _samples(n: int = 4) -> list[Sample]:
+    # mixed Chinese / English prompts have different lengths, so batches carry padding
+    return load_samples(BenchmarkConfig(name="synthetic", n_samples=n, style="mixed", seed=3))
+
+
+def _solo_oracle(loaded, sample: Sample, layer: int, site: str) -> torch.Tensor:
+    """[S, kv_heads*head_dim] keys of `sample` run alone through a plain full forward, no keyspace hooks.
+
+    post_rope: the model's own KV cache (use_cache=True). pre_rope: k_proj applied to the layer's
+    normalised input, taken from output_hidden_states.
+    """
+    model, adapter = loaded.model, loaded.adapter
+    inputs = adapter.model_inputs(loaded.processor, [sample])
+    with torch.inference_mode():
+        out = model(**inputs, use_cache=True, output_hidden_states=True)
+    if site == "post_rope":
+        return out.past_key_values.layers[layer].keys[0].transpose(0, 1).flatten(1)
+    decoder_layer = adapter.layers(model)[layer]
+    with torch.inference_mode():
+        return decoder_layer.self_attn.k_proj(decoder_layer.input_layernorm(out.hidden_states[layer][0]))
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_batched_keys_equal_solo_oracle(tiny, site):
+    """Padded batch + early exit + modality split == each sample alone through the plain model."""
+    samples = _samples()
+    layers = [0, 2]
+    kept, skipped = extract_keys(tiny, list(enumerate(samples)), layers, site, batch_size=4,
+                                 max_tokens_per_sample=None, seed=0, store_dtype=torch.float32)
+    assert not skipped
+    lengths = [len(tiny.adapter.model_inputs(tiny.processor, [s])["input_ids"][0]) for s in samples]
+    assert len(set(lengths)) > 1, "the batch must contain padding for this test to mean anything"
+    for record, sample, length in zip(kept, samples, lengths, strict=True):
+        assert len(record.position) == length  # every real token, no padding
+        for layer in layers:
+            oracle = _solo_oracle(tiny, sample, layer, site)
+            torch.testing.assert_close(record.keys[layer], oracle[record.position], rtol=1e-5, atol=1e-5)
+
+
+def test_post_rope_differs_from_pre_rope(tiny):
+    """RoPE really is applied: the two sites differ (else the cache oracle would prove nothing)."""
+    sample = _samples(1)[0]
+    pre = _solo_oracle(tiny, sample, 1, "pre_rope")
+    post = _solo_oracle(tiny, sample, 1, "post_rope")
+    assert (pre - post).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_early_exit_equals_full_forward(tiny, site):
+    """Stopping after layer 1 gives bit-identical keys to capturing all layers; lm_head never runs."""
+    inputs = tiny.adapter.model_inputs(tiny.processor, _samples(2))
+    decoder = tiny.adapter.layers(tiny.model)
+    depth = len(decoder)
+    hooks_before = [len(d._forward_hooks) + len(d.self_attn.k_proj._forward_hooks) for d in decoder]
+    lm_head_calls = []
+    handle = tiny.model.lm_head.register_forward_hook(lambda *a: lm_head_calls.append(1))
+    try:
+        with KeyCapture(tiny.model, decoder, [0, 1], site, torch.float32) as cap:
+            early = dict(cap.run(**inputs))
+        with KeyCapture(tiny.model, decoder, list(range(depth)), site, torch.float32) as cap:
+            full = dict(cap.run(**inputs))
+    finally:
+        handle.remove()
+    assert lm_head_calls == []
+    for layer in (0, 1):
+        assert torch.equal(early[key_name(layer, site)], full[key_name(layer, site)])
+    hooks_after = [len(d._forward_hooks) + len(d.self_attn.k_proj._forward_hooks) for d in decoder]
+    assert hooks_after == hooks_before, "every hook must be removed on exit"
+
+
+def test_image_mask_counts_processor_tokens(tiny):
+    """Image tokens found == tokens the processor inserted for the image (LLaVA: (56/14)^2; Qwen: grid/4)."""
+    samples = _samples(3)
+    kept, _ = extract_keys(tiny, list(enumerate(samples)), [0], "post_rope", batch_size=3,
+                           max_tokens_per_sample=None, seed=0, store_dtype=torch.float32)
+    for record, sample in zip(kept, samples, strict=True):
+        inputs = tiny.adapter.model_inputs(tiny.processor, [sample])
+        if "image_grid_thw" in inputs:
+            expected = int(inputs["image_grid_thw"].prod()) // 4
+        else:
+            expected = (inputs["pixel_values"].shape[-1] // 14) ** 2
+        assert int(record.is_image.sum()) == expected
+        assert int((~record.is_image).sum()) == len(record.position) - expected
+
+
+def test_token_cap_is_per_modality_and_seeded(tiny):
+    samples = _samples(2)
+    run = [extract_keys(tiny, list(enumerate(samples)), [0], "post_rope", batch_size=2, max_tokens_per_sample=5,
+                        seed=7, store_dtype=torch.float32)[0] for _ in range(2)]
+    for first, second in zip(*run, strict=True):
+        assert int(first.is_image.sum()) == 5 and int((~first.is_image).sum()) == 5
+        assert torch.equal(first.position, second.position)
+
+
+def test_sample_without_image_is_skipped_with_reason(tiny, caplog):
+    samples = _samples(2)
+    text_only = Sample(id="no-image", parts=("Which colour is the sky?",))
+    kept, skipped = extract_keys(tiny, [(0, samples[0]), (1, text_only), (2, samples[1])], [0], "post_rope",
+                                 batch_size=3, max_tokens_per_sample=None, seed=0, store_dtype=torch.float32)
+    assert [r.sample_id for r in kept] == [samples[0].id, samples[1].id]
+    assert skipped[0]["sample_id"] == "no-image" and "no image tokens" in skipped[0]["reason"]
+    assert "skipping sample no-image" in caplog.text

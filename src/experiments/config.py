@@ -27,11 +27,17 @@ class ModelConfig:
 
 @dataclass
 class BenchmarkConfig:
-    name: str = "???"  # short name written into every results row
-    n_samples: int = 32  # how many samples to generate or select
-    seed: int = 0  # seed of the generated images and questions (or of the selection)
+    name: str = "???"  # short name written into every results row (synthetic, mmbench_cn, mmmu)
+    path: str | None = None  # hub id or local file/folder of a real benchmark; unused by synthetic
+    split: str = "dev"  # benchmark split (MMBench: dev | test; MMMU: dev | validation | test)
+    subjects: list[str] | None = None  # MMMU subjects; None = all 30
+    limit: int | None = 32  # synthetic: samples generated; real: max samples (seeded selection), None = all
+    seed: int = 0  # seed of the generated samples, or of the selection under `limit`
+    prompt_style: str = "vlmevalkit"  # which toolkit's prompt convention; recorded in every results row
+    image_order: str = "interleaved"  # MMMU multi-image: interleaved at <image k> | images_first
+    drop_circular: bool = True  # MMBench: drop CircularEval copies (index >= 1e6)
     style: str = "mmbench_cn"  # synthetic question style: mmbench_cn (Chinese) | mmmu (English) | mixed
-    image_size: int = 96  # side of the drawn images, pixels (the processor resizes them)
+    image_size: int = 96  # synthetic image side, pixels (the processor resizes them)
 
 
 @dataclass

@@ -54,29 +54,38 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> None:
     if job.num_threads:
         torch.set_num_threads(job.num_threads)
     _validate(job)
-    samples = load_samples(job.benchmark)
+    data = load_samples(job.benchmark)
+    samples = data.samples
     layers = resolve_layers(job.layer.positions, job.layer.fractions, decoder_depth(job.model))
     log.info("%s on %s: %d samples, layers %s, key site %s", job.model.name, job.benchmark.name, len(samples),
              [(s.label, s.index) for s in layers], job.keys.site)
     keyset = _cached_keys(job, samples, [s.index for s in layers])
 
+    skipped = data.skipped + keyset.skipped
+    tick = time.time()
     results = _statistics(job, keyset, layers)
-    atomic_write(out / "results.parquet", lambda p: results.to_parquet(p, index=False))
+    log.info("statistics: %d values in %.1f s", len(results), time.time() - tick)
+    report.write_parquet(results, out / "results.parquet", {"skipped_samples": skipped,
+                                                            "n_samples_used": len(keyset.sample_ids)})
+    tick = time.time()
     embedding = _embedding(job, keyset, layers)
-    atomic_write(out / "embedding.parquet", lambda p: embedding.to_parquet(p, index=False))
+    log.info("t-SNE of %d points in %.1f s", len(embedding), time.time() - tick)
+    report.write_parquet(embedding, out / "embedding.parquet")
     title = f"{job.model.name} on {job.benchmark.name} ({job.keys.site} keys)"
     figures = [out / "figures" / "boxplot.png", out / "figures" / "tsne.png"]
     report.boxplot_figure(results, figures[0], title)
     report.tsne_figure(embedding, figures[1], title)
 
     n_kept = len(keyset.sample_ids)
-    header = (f"keyspace: {title}: {n_kept} samples ({len(keyset.skipped)} skipped), "
+    header = (f"keyspace: {title}: {n_kept} samples ({len(skipped)} skipped), "
               f"{int(keyset.is_image.sum())} image / {int((~keyset.is_image).sum())} text tokens cached; "
               f"{job.analysis.n_splits} splits\nresults: {out / 'results.parquet'}  figures: {out / 'figures'}")
     summary = report.summary_text(results, header)
     print(summary, flush=True)
     log.info("\n%s", summary)
+    tick = time.time()
     log_run(job.logger, out, resolved, results, figures, name=f"{job.model.name}-{job.benchmark.name}", group=group)
+    log.info("tracking (%s) in %.1f s", job.logger.name, time.time() - tick)
 
 
 def _validate(job: JobConfig) -> None:
@@ -118,7 +127,8 @@ def _statistics(job: JobConfig, keyset: KeySet, layers: list[LayerSpec]) -> pd.D
                 max_tokens_per_group=job.analysis.max_tokens_per_group, seed=job.analysis.seed,
                 metric=job.metric, kernel=job.kernel, device=device):
             rows.append({"model": job.model.name, "benchmark": job.benchmark.name, "layer": spec.label,
-                         "layer_index": spec.index, "key_site": job.keys.site, **row, "seed": job.analysis.seed})
+                         "layer_index": spec.index, "key_site": job.keys.site, **row, "seed": job.analysis.seed,
+                         "prompt_style": job.benchmark.prompt_style})
     return pd.DataFrame(rows)
 
 

@@ -16,7 +16,7 @@ SITES = ["pre_rope", "post_rope"]
 
 def _samples(n: int = 4) -> list[Sample]:
     # mixed Chinese / English prompts have different lengths, so batches carry padding
-    return load_samples(BenchmarkConfig(name="synthetic", n_samples=n, style="mixed", seed=3))
+    return load_samples(BenchmarkConfig(name="synthetic", limit=n, style="mixed", seed=3)).samples
 
 
 def _solo_oracle(loaded, sample: Sample, layer: int, site: str) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The one sample type every benchmark loader yields and every model adapter consumes."""
+"""The sample type every benchmark loader yields and every model adapter consumes."""
 
 from __future__ import annotations
 
@@ -32,3 +32,11 @@ class Sample:
     @property
     def text(self) -> str:
         return "".join(p for p in self.parts if isinstance(p, str))
+
+
+@dataclass
+class BenchmarkData:
+    """What a loader returns: usable samples, and the rows it had to skip with the reason."""
+
+    samples: list[Sample]
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"sample_id", "reason"}

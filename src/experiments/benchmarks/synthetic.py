@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from experiments.benchmarks.sample import Sample
+from experiments.benchmarks.sample import BenchmarkData, Sample
 from experiments.config import BenchmarkConfig
 
 COLOURS = {  # name -> (RGB, Chinese name)
@@ -38,22 +38,24 @@ MMMU_TAIL = "Answer with the option's letter from the given choices directly."
 STYLES = ("mmbench_cn", "mmmu", "mixed")
 
 
-def synthetic_samples(cfg: BenchmarkConfig) -> list[Sample]:
-    """`cfg.n_samples` deterministic samples (see the module docstring).
+def synthetic_samples(cfg: BenchmarkConfig) -> BenchmarkData:
+    """`cfg.limit` deterministic samples (see the module docstring).
 
     Raises:
-        ValueError: unknown `cfg.style` or a non-positive `cfg.n_samples` / `cfg.image_size`.
+        ValueError: unknown `cfg.style`, or a missing or non-positive `cfg.limit`, or a tiny `cfg.image_size`.
     """
     if cfg.style not in STYLES:
         raise ValueError(f"benchmark.style={cfg.style!r} is not one of {list(STYLES)}")
-    if cfg.n_samples < 1 or cfg.image_size < 16:
-        raise ValueError("benchmark.n_samples must be >= 1 and benchmark.image_size >= 16 pixels")
+    if cfg.limit is None or cfg.limit < 1:
+        raise ValueError(f"benchmark.limit={cfg.limit}: the synthetic benchmark needs a number of samples >= 1")
+    if cfg.image_size < 16:
+        raise ValueError(f"benchmark.image_size={cfg.image_size}: use at least 16 pixels")
     samples = []
-    for i in range(cfg.n_samples):
+    for i in range(cfg.limit):
         rng = np.random.default_rng([cfg.seed, i])
         chinese = cfg.style == "mmbench_cn" or (cfg.style == "mixed" and i % 2 == 0)
         samples.append(_sample(i, rng, cfg.image_size, chinese))
-    return samples
+    return BenchmarkData(samples)
 
 
 def vocabulary_text() -> list[str]:

@@ -80,7 +80,7 @@ def compare_modalities(keys: torch.Tensor, is_image: torch.Tensor, sample: torch
     samples = np.unique(sample.numpy())
     if len(samples) < 2:
         raise ValueError(f"need at least 2 samples with keys to split into halves, got {len(samples)}: "
-                         "raise benchmark.n_samples")
+                         "raise benchmark.limit")
     sample_np, image_np = sample.numpy(), is_image.numpy()
     rows = []
     for split in range(n_splits):

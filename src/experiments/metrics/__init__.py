@@ -1,0 +1,34 @@
+"""Two-sample statistics between key distributions: MMD² (kernel family), JSD, permutation tests.
+
+Public API (arrays are torch tensors or numpy arrays `[n, d]`; every function but `c2st_auc` takes
+`device=None`, keeping the inputs' device, CPU for numpy):
+
+- `mmd2(x, y, kernel, bandwidth, unbiased, bandwidth_scale) -> float`
+- `mmd_test(x, y, kernel, bandwidth, n_permutations, seed, groups_x, groups_y, ...) -> TestResult`
+- `jsd(x, y, projection, n_projections, bins, seed) -> float`
+- `energy_distance(x, y) -> float`, `sliced_wasserstein(x, y, n_projections, seed) -> float`
+- `c2st_auc(x, y, groups_x, groups_y, folds, seed) -> float` (CPU, sklearn; no `device`)
+- `KERNELS`, `make_kernel(name, sigma)`: kernels by short name.
+"""
+
+from __future__ import annotations
+
+from experiments.metrics.c2st import c2st_auc
+from experiments.metrics.energy import energy_distance
+from experiments.metrics.jsd import jsd
+from experiments.metrics.kernels import KERNELS, Kernel, make_kernel
+from experiments.metrics.mmd import TestResult, mmd2, mmd_test
+from experiments.metrics.sliced import sliced_wasserstein
+
+__all__ = [
+    "KERNELS",
+    "Kernel",
+    "TestResult",
+    "c2st_auc",
+    "energy_distance",
+    "jsd",
+    "make_kernel",
+    "mmd2",
+    "mmd_test",
+    "sliced_wasserstein",
+]

@@ -1,0 +1,276 @@
+"""MMD² and its permutation test, from one pooled kernel matrix.
+
+Contract. Pooled sample z = x ∪ y (x rows first, N = n_x + n_y), kernel k from `kernels.KERNELS`,
+bandwidth σ from `bandwidth` (median heuristic over z, or a float) times `bandwidth_scale`.
+
+    unbiased MMD² = Σ_{i≠j∈x} k / (n_x(n_x-1)) + Σ_{i≠j∈y} k / (n_y(n_y-1)) - 2 Σ_{i∈x,j∈y} k / (n_x n_y)
+    biased MMD²   = the same with the diagonals included and denominators n_x², n_y²
+
+(Gretton et al. 2012, JMLR 13, eq. 3 and 5). Every split is a 0/1 column s of `S [N, 1 + B]`
+(`permutations.split_masks`); with K the pooled kernel matrix, r = K·1 and g = diag K,
+
+    Σ_xx = sᵀKs,   Σ_xy = sᵀr - sᵀKs,   Σ_yy = 1ᵀr - 2sᵀr + sᵀKs,   diagonals sᵀg and 1ᵀg - sᵀg,
+
+so all B permuted statistics come from one float32 matrix product K·S reduced in float64, with
+each column's own n_x = 1ᵀs (block permutations change it); the observed split's sums are float64
+row sums. p = (1 + #{permuted ≥ observed}) / (1 + B), ties within float32 round-off (1e-6 of the
+kernel's scale) counting as ≥.
+
+Compute: float32 on the inputs' device (or `device`), float64 for every sum over the matrix. The
+kernel matrix is computed once, in row blocks of at most `BLOCK_BYTES`, each used for all splits;
+shift-invariant kernels see the pooled data centred first (better float32 accuracy, same value).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from experiments.metrics.bandwidth import describe_rule, median_of_pairs, median_subsample
+from experiments.metrics.inputs import Array, Device, as_groups, as_pair, block_index
+from experiments.metrics.kernels import Kernel, kernel_class
+from experiments.metrics.permutations import split_masks
+
+BLOCK_BYTES = 256 * 2**20
+_TIE_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """Outcome of a two-sample permutation test.
+
+    Attributes:
+        statistic: Observed MMD² (estimator as in `estimator`).
+        p_value: (1 + #{permuted ≥ observed}) / (1 + n_permutations); nan when n_permutations is 0.
+        n_x: Rows of x.
+        n_y: Rows of y.
+        n_permutations: Number B of permuted splits.
+        kernel: Kernel short name.
+        bandwidth: σ actually used (after `bandwidth_scale`), or nan for kernels without one.
+        estimator: `unbiased` or `biased`.
+        bandwidth_rule: How σ was chosen (`bandwidth.describe_rule`), e.g. `median_l2(exact) x1`.
+        permutation: `row` (each row is a unit) or `block` (whole blocks move together).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    statistic: float
+    p_value: float
+    n_x: int
+    n_y: int
+    n_permutations: int
+    kernel: str
+    bandwidth: float
+    estimator: str
+    bandwidth_rule: str
+    permutation: str
+
+
+def mmd2(
+    x: Array,
+    y: Array,
+    kernel: str = "rbf",
+    bandwidth: float | str = "median",
+    unbiased: bool = True,
+    bandwidth_scale: float = 1.0,
+    seed: int = 0,
+    device: Device = None,
+) -> float:
+    """Squared maximum mean discrepancy between two samples (module docstring for the formulas).
+
+    Args:
+        x: First sample `[n_x, d]` (torch or numpy; `[n]` is read as `[n, 1]`).
+        y: Second sample `[n_y, d]`.
+        kernel: Kernel short name (`kernels.KERNELS`).
+        bandwidth: `"median"` (median distance over distinct pooled pairs) or σ itself.
+        unbiased: Unbiased U-statistic (default) or biased V-statistic.
+        bandwidth_scale: Factor applied to σ (bandwidth ablations).
+        seed: Seed of the median subsample, used only when n_x + n_y > 4000.
+        device: Compute device; None keeps the inputs' device (CPU for numpy).
+
+    Returns:
+        MMD² as a Python float (the unbiased estimate can be negative).
+
+    Raises:
+        ValueError: For bad inputs (naming `x` or `y`), an unknown kernel or a bad bandwidth.
+    """
+    tx, ty = as_pair(x, y, device)
+    masks = split_masks(tx.shape[0], ty.shape[0], 0, seed)
+    stats, _, _ = _mmd2_columns(torch.cat([tx, ty]), masks, kernel, bandwidth, bandwidth_scale, seed, unbiased)
+    return float(stats[0])
+
+
+def mmd_test(
+    x: Array,
+    y: Array,
+    kernel: str = "rbf",
+    bandwidth: float | str = "median",
+    n_permutations: int = 1000,
+    seed: int = 0,
+    groups_x: Any = None,
+    groups_y: Any = None,
+    bandwidth_scale: float = 1.0,
+    unbiased: bool = True,
+    device: Device = None,
+) -> TestResult:
+    """Permutation test of H0: x and y come from one distribution, with MMD² as statistic.
+
+    Args:
+        x: First sample `[n_x, d]`.
+        y: Second sample `[n_y, d]`.
+        kernel: Kernel short name (`kernels.KERNELS`).
+        bandwidth: `"median"` or σ itself; computed once on the pooled sample, kept for all splits.
+        n_permutations: Number B of permuted splits; 0 computes the statistic only (p_value nan).
+        seed: Seed of the permutations (and of the median subsample when n_x + n_y > 4000).
+        groups_x: Block ids of x's rows `[n_x]` (e.g. sample ids), or None for row-level permutation.
+        groups_y: Block ids of y's rows `[n_y]`; given together with `groups_x`, ids disjoint from it.
+        bandwidth_scale: Factor applied to σ.
+        unbiased: Unbiased (default) or biased estimator.
+        device: Compute device; None keeps the inputs' device (CPU for numpy).
+
+    Returns:
+        A `TestResult`. With blocks, each permutation sends whole blocks to a side, keeping the number
+        of blocks per side; the rows per side then vary and each split uses its own n_x, n_y.
+
+    Raises:
+        ValueError: For bad inputs naming the input (`x`, `y`, `groups_x`, `groups_y`), an unknown
+            kernel, a bad bandwidth or a negative `n_permutations`.
+    """
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 0:
+        raise ValueError(f"n_permutations must be an int >= 0, got {n_permutations!r}")
+    tx, ty = as_pair(x, y, device)
+    n_x, n_y = tx.shape[0], ty.shape[0]
+    if (groups_x is None) != (groups_y is None):
+        raise ValueError("groups_x and groups_y must be given together (or neither)")
+    blocks = None
+    if groups_x is not None:
+        blocks = block_index(as_groups(groups_x, n_x, "groups_x"), as_groups(groups_y, n_y, "groups_y"))
+    masks = split_masks(n_x, n_y, n_permutations, seed, blocks)
+    z = torch.cat([tx, ty])
+    stats, sigma, scale = _mmd2_columns(z, masks, kernel, bandwidth, bandwidth_scale, seed, unbiased)
+    observed, null = stats[0], stats[1:]
+    n_ge = int((null >= observed - _TIE_TOLERANCE * scale).sum())
+    return TestResult(
+        statistic=float(observed),
+        p_value=(1 + n_ge) / (1 + n_permutations) if n_permutations else math.nan,
+        n_x=n_x,
+        n_y=n_y,
+        n_permutations=n_permutations,
+        kernel=kernel,
+        bandwidth=math.nan if sigma is None else sigma,
+        estimator="unbiased" if unbiased else "biased",
+        bandwidth_rule=describe_rule(kernel_class(kernel), bandwidth, bandwidth_scale, n_x + n_y, seed),
+        permutation="row" if blocks is None else "block",
+    )
+
+
+def _resolve_sigma(
+    z: torch.Tensor,
+    raw: torch.Tensor,
+    full: torch.Tensor | None,
+    kind: type[Kernel],
+    bandwidth: float | str,
+    scale: float,
+    seed: int,
+) -> float | None:
+    """σ for the kernel: None if it has no bandwidth, else (float or pooled median) × scale.
+
+    `z` is the pooled sample the kernel sees (maybe centred), `raw` the one passed in: the median pair
+    is chosen from `full` (`pairwise` of z, if already computed) and its distance recomputed from `raw`.
+    """
+    if isinstance(bandwidth, str):
+        if bandwidth != "median":
+            raise ValueError(f"bandwidth must be 'median' or a positive float, got {bandwidth!r}")
+    elif isinstance(bandwidth, bool) or not (isinstance(bandwidth, int | float) and bandwidth > 0):
+        raise ValueError(f"bandwidth must be 'median' or a positive float, got {bandwidth!r}")
+    if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"bandwidth_scale must be a positive finite float, got {scale!r}")
+    if kind.bandwidth_rule is None:
+        return None
+    if not isinstance(bandwidth, str):
+        return float(bandwidth) * scale
+    idx = median_subsample(z.shape[0], seed)
+    if idx is None:
+        zs, sub = raw, full if full is not None else _pairwise_rows(kind, z, 0, z.shape[0])
+    else:
+        idx = idx.to(z.device)
+        zs = raw[idx]
+        sub = full[idx][:, idx] if full is not None else _pairwise_rows(kind, z[idx], 0, idx.numel())
+    sigma = median_of_pairs(zs, sub, kind) * scale
+    if not sigma > 0:
+        raise ValueError("the median pooled distance is 0 (most rows of x and y coincide); pass a float bandwidth")
+    return sigma
+
+
+def _mmd2_columns(
+    z: torch.Tensor,
+    masks: torch.Tensor,
+    kernel: str,
+    bandwidth: float | str,
+    scale: float,
+    seed: int,
+    unbiased: bool,
+) -> tuple[torch.Tensor, float | None, float]:
+    """MMD² of every split in `masks` from one pass over the pooled kernel matrix.
+
+    Args:
+        z: Pooled sample `[N, d]`, float32.
+        masks: Splits `S [N, P]`, 0/1 float32 (column 0 the observed split).
+        kernel: Kernel short name.
+        bandwidth: `"median"` or σ.
+        scale: `bandwidth_scale`.
+        seed: Median subsample seed.
+        unbiased: Estimator.
+
+    Returns:
+        `(stats [P] float64 on CPU, σ or None, kernel scale)`, the scale being
+        |Σ_xx| / n_x² + |Σ_yy| / n_y² + 2 |Σ_xy| / (n_x n_y) of the observed split (for tie tolerance).
+    """
+    kind = kernel_class(kernel)
+    raw = z
+    if kind.shift_invariant:
+        z = z - z.mean(dim=0)
+    n, f64 = z.shape[0], torch.float64
+    rows = max(1, BLOCK_BYTES // (4 * n))
+    full = _pairwise_rows(kind, z, 0, n) if rows >= n else None
+    sigma = _resolve_sigma(z, raw, full, kind, bandwidth, scale, seed)
+    kern = kind(sigma)
+    s = masks.to(z.device)
+    n_x = int(masks[:, 0].sum())
+    quad = torch.zeros(s.shape[1], dtype=f64, device=z.device)  # sᵀKs per split
+    xsum = torch.empty(n, dtype=f64, device=z.device)  # K·s_observed
+    rsum = torch.empty(n, dtype=f64, device=z.device)  # K·1
+    diag = torch.empty(n, dtype=f64, device=z.device)  # diag K
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        blk = kern.transform_(full if full is not None else _pairwise_rows(kind, z, start, stop))
+        if s.shape[1] > 1:  # permuted splits: one float32 GEMM, float64 reduction
+            quad[1:] += torch.mm(blk, s[:, 1:]).mul_(s[start:stop, 1:]).sum(0, dtype=f64)
+        xsum[start:stop] = blk[:, :n_x].sum(1, dtype=f64)
+        rsum[start:stop] = xsum[start:stop] + blk[:, n_x:].sum(1, dtype=f64)
+        diag[start:stop] = blk.diagonal(offset=start)
+    quad[0] = xsum[:n_x].sum()  # observed split summed in float64 throughout
+    sd = s.to(f64)
+    nx = sd.sum(0)
+    ny = n - nx
+    s_r, s_g = rsum @ sd, diag @ sd
+    xx, xy, yy = quad, s_r - quad, rsum.sum() - 2 * s_r + quad
+    if unbiased:
+        xx_mean, yy_mean = (xx - s_g) / (nx * (nx - 1)), (yy - (diag.sum() - s_g)) / (ny * (ny - 1))
+    else:
+        xx_mean, yy_mean = xx / nx**2, yy / ny**2
+    xy_mean = xy / (nx * ny)
+    stats = (xx_mean + yy_mean - 2 * xy_mean).cpu()
+    kscale = float(xx[0].abs() / nx[0] ** 2 + yy[0].abs() / ny[0] ** 2 + 2 * xy_mean[0].abs())
+    return stats, sigma, kscale
+
+
+def _pairwise_rows(kind: type[Kernel], z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """`kind.pairwise(z[start:stop], z)` `[stop - start, N]`, self-distances set to exactly 0."""
+    p = kind.pairwise(z[start:stop], z)
+    if kind.distance_based:
+        p.diagonal(offset=start).zero_()
+    return p

@@ -1,0 +1,103 @@
+"""The whole job on the tiny models: files, schema, cache reuse, identical reruns, W&B offline files."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from experiments.config import register_configs
+from experiments.pipeline import run
+
+from .. import wandb_offline
+from ..conftest import REPO
+
+RESULT_COLUMNS = ["model", "benchmark", "layer", "layer_index", "key_site", "comparison", "metric", "kernel",
+                  "split", "value", "p_value", "n_x", "n_y", "seed", "prompt_style"]
+SMALL = ["benchmark.limit=8", "analysis.n_splits=2", "metric.n_permutations=50", "report.tsne_points=80",
+         "keys.shard_size=4", "keys.batch_size=4"]
+
+
+def _cfg(cache_dir, overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"paths.cache_dir={cache_dir}", *SMALL, *overrides])
+
+
+@pytest.mark.parametrize("model", ["tiny_llava", "tiny_qwen"])
+def test_job_writes_results_and_rerun_reuses_cache(tmp_path, cache_dir, model, caplog, monkeypatch):
+    cfg = _cfg(cache_dir, [f"model={model}", "logger=none"])
+    first = tmp_path / "first"
+    with caplog.at_level(logging.INFO):
+        run(cfg, first)
+    assert "extracting 2 of 2 shards" in caplog.text
+    results = pd.read_parquet(first / "results.parquet")
+    assert list(results.columns) == RESULT_COLUMNS
+    assert len(results) == 3 * 3 * 2 * 2  # layers x comparisons x metrics x splits
+    assert set(results["comparison"]) == {"image_vs_text", "image_vs_image", "text_vs_text"}
+    assert results["value"].notna().all()
+    mmd = results[results["metric"] == "mmd2"]
+    assert mmd["p_value"].between(1 / 51, 1).all() and (mmd["kernel"] == "rbf").all()
+    embedding = pd.read_parquet(first / "embedding.parquet")
+    assert {"x", "y", "modality", "sample_id", "layer"} <= set(embedding.columns)
+    assert set(embedding["modality"]) == {"image", "text"}
+    for figure in ("boxplot.png", "tsne.png"):
+        assert (first / "figures" / figure).stat().st_size > 10_000
+    assert json.loads((first / "status.json").read_text())["status"] == "completed"
+
+    # The rerun must not run the model at all, and must give identical numbers.
+    import experiments.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_model", lambda *_: pytest.fail("rerun loaded the model"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run(cfg, tmp_path / "second")
+    assert "key cache hit" in caplog.text
+    pd.testing.assert_frame_equal(results, pd.read_parquet(tmp_path / "second" / "results.parquet"))
+
+
+def test_killed_extraction_resumes_from_finished_shards(tmp_path, cache_dir, monkeypatch, caplog):
+    """A job that dies after its first shard leaves that shard; the rerun extracts only the rest."""
+    import experiments.pipeline as pipeline
+
+    cfg = _cfg(tmp_path / "cache", ["logger=none", "benchmark.seed=11"])
+    real_extract = pipeline.extract_keys
+    calls = []
+
+    def dying_extract(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt("simulated kill")
+        calls.append(1)
+        return real_extract(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "extract_keys", dying_extract)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "killed")
+    assert json.loads((tmp_path / "killed" / "status.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(pipeline, "extract_keys", real_extract)
+    with caplog.at_level(logging.INFO):
+        run(cfg, tmp_path / "resumed")
+    assert "extracting 1 of 2 shards" in caplog.text
+    embedding = pd.read_parquet(tmp_path / "resumed" / "embedding.parquet")
+    assert embedding.groupby("layer")["sample_id"].nunique().eq(8).all()
+
+
+def test_layer_out_of_range_fails_naming_the_field(tmp_path, cache_dir):
+    with pytest.raises(ValueError, match=r"layer.positions contains 9, but the model has 4 decoder layers"):
+        run(_cfg(cache_dir, ["layer.positions=[9]", "logger=none"]), tmp_path)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "layer.positions" in status["error"]
+
+
+def test_wandb_offline_run_holds_the_summary(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run(_cfg(cache_dir, ["layer=late", "metric=mmd"]), tmp_path)
+    run_files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1
+    summary = wandb_offline.summary(run_files[0])
+    results = pd.read_parquet(tmp_path / "results.parquet")
+    expected = results[results["comparison"] == "image_vs_text"]["value"].mean()
+    assert summary["mmd2/image_vs_text/late"] == pytest.approx(expected)

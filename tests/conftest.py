@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"tiny_llava": "llava", "tiny_qwen": "qwen2_5_vl"}
+TINY = ["tiny_llava", "tiny_qwen", "tiny_llava_next"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,18 +27,28 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+def tiny_model_config(name: str, cache_dir: Path):
+    """The typed config of `conf/model/<name>.yaml`, composed as a job would, with `cache_dir`."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model={name}", f"paths.cache_dir={cache_dir}"])
+    return OmegaConf.to_object(cfg).model
+
+
 @pytest.fixture(scope="session")
 def tiny_models(cache_dir: Path) -> dict:
     """Both tiny families loaded through the real `from_pretrained` path: name -> LoadedModel."""
-    from experiments.config import ModelConfig
     from experiments.models import load_model
 
-    return {name: load_model(ModelConfig(name=name, family=family, path=str(cache_dir / "models" / name),
-                                         builder="tiny", dtype="float32", device="cpu"))
-            for name, family in TINY.items()}
+    return {name: load_model(tiny_model_config(name, cache_dir)) for name in TINY}
 
 
-@pytest.fixture(params=list(TINY), ids=list(TINY))
+@pytest.fixture(params=TINY, ids=TINY)
 def tiny(request: pytest.FixtureRequest, tiny_models: dict):
     """Each tiny model in turn."""
     return tiny_models[request.param]

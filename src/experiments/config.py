@@ -10,16 +10,25 @@ OmegaConf.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
 class ModelConfig:
     name: str = "???"  # short name written into every results row (tiny_llava, llava, ...)
-    family: str = "???"  # adapter registry key: llava | qwen2_5_vl
-    path: str = "???"  # hub id or local folder of the checkpoint
+    family: str = "???"  # adapter registry key: llava | llava_next | qwen2_5_vl
+    weights: str = "pretrained"  # pretrained: load `path` | random: build `architecture` with random weights
+    # pretrained: hub id or local folder. random: where the built checkpoint is saved once and then loaded
+    # with from_pretrained (the tiny models); None builds in memory on the device (full-size smoke runs).
+    path: str | None = None
     revision: str | None = None  # hub revision (commit, tag); None = default branch
-    builder: str | None = None  # "tiny": build the checkpoint offline into `path` when it is missing
-    builder_seed: int = 0  # seed of the random weights of a built checkpoint
+    seed: int = 0  # seed of random weights
+    # Published config.json fields of the architecture (nested text_config / vision_config), used by
+    # weights=random; the parameter-count test checks them against the published sizes.
+    architecture: dict[str, Any] = field(default_factory=dict)
+    # Keyword arguments for the processor: Qwen min_pixels / max_pixels (both weights modes); for
+    # weights=random also the offline processor's settings (LLaVA image_size, ...).
+    processor: dict[str, Any] = field(default_factory=dict)
     dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bf16 on GPU, fp32 on CPU)
     device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
     attn_implementation: str = "sdpa"  # sdpa | eager; keys do not depend on it, speed does

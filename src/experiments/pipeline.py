@@ -26,7 +26,7 @@ from experiments.keys.extract import extract_keys
 from experiments.keys.layers import LayerSpec, resolve_layers
 from experiments.metrics.kernels import kernel_class
 from experiments.metrics.splits import check_metric_names, compare_modalities, parse_bandwidth
-from experiments.models import decoder_depth, get_adapter, load_model, resolve_device
+from experiments.models import check_model_config, decoder_depth, load_model, resolve_device
 from experiments.store import KeySet, KeyStore, cache_descriptor
 from experiments.tracking import check_logger, log_run
 
@@ -90,7 +90,7 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> None:
 
 def _validate(job: JobConfig) -> None:
     """Fail on bad names before loading anything (each error names the field and the valid values)."""
-    get_adapter(job.model.family)
+    check_model_config(job.model)
     check_metric_names(job.metric.names)
     kernel_class(job.kernel.name)
     parse_bandwidth(job.kernel.bandwidth)

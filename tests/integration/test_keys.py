@@ -84,17 +84,26 @@ def test_early_exit_equals_full_forward(tiny, site):
     assert hooks_after == hooks_before, "every hook must be removed on exit"
 
 
+def _expected_image_tokens(loaded, inputs) -> int:
+    """Independent count: Qwen grid/4 (2x2 merge); LLaVA (side/14)^2; LLaVA-NeXT the vision tower's own
+    packed feature count (base view + unpadded tiles + row newlines), which the model requires to match."""
+    if "image_grid_thw" in inputs:
+        return int(inputs["image_grid_thw"].prod()) // 4
+    if "image_sizes" in inputs:
+        with torch.inference_mode():
+            features = loaded.model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+        return sum(len(f) for f in features.pooler_output)
+    return (inputs["pixel_values"].shape[-1] // 14) ** 2
+
+
 def test_image_mask_counts_processor_tokens(tiny):
-    """Image tokens found == tokens the processor inserted for the image (LLaVA: (56/14)^2; Qwen: grid/4)."""
+    """Image tokens found == image features the vision side produces for that image."""
     samples = _samples(3)
     kept, _ = extract_keys(tiny, list(enumerate(samples)), [0], "post_rope", batch_size=3,
                            max_tokens_per_sample=None, seed=0, store_dtype=torch.float32)
     for record, sample in zip(kept, samples, strict=True):
         inputs = tiny.adapter.model_inputs(tiny.processor, [sample])
-        if "image_grid_thw" in inputs:
-            expected = int(inputs["image_grid_thw"].prod()) // 4
-        else:
-            expected = (inputs["pixel_values"].shape[-1] // 14) ** 2
+        expected = _expected_image_tokens(tiny, inputs)
         assert int(record.is_image.sum()) == expected
         assert int((~record.is_image).sum()) == len(record.position) - expected
 

@@ -1,8 +1,9 @@
 """What keyspace needs to know about a model family, declared once per family.
 
-An adapter names the transformers class, where the decoder layers sit, how the processor is loaded
-and where the image-token id lives; everything else (hooks, cache reading, masks) is shared code in
-`keys/`. Adding a family is one module declaring a `ModelAdapter` plus one YAML in `conf/model/`.
+An adapter names the transformers classes, where the decoder layers sit, how the processor is loaded
+(or built offline for random weights) and where the image-token id lives; everything else (hooks,
+cache reading, masks) is shared code in `keys/`. Adding a family is one module declaring a
+`ModelAdapter`, registered in `models/__init__.py`, plus one YAML in `conf/model/`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,21 @@ class ModelAdapter:
     Attributes:
         family: registry key, written into the config (`model.family`).
         model_class: transformers class name of the full image-text-to-text model.
+        config_class: transformers class name of its config (built from `model.architecture`).
         decoder_layers: attribute path from that model to its text decoder's `nn.ModuleList`.
-        load_processor: `(path, revision) -> processor` (image processor + tokenizer + chat template).
+        load_processor: `(path, revision, **model.processor) -> processor` of a real checkpoint.
+        offline_processor: `(**model.processor) -> processor` built without downloads (weights=random).
+        token_ids: `processor -> config fields` that tie the architecture's special-token ids to the
+            offline tokenizer (image token, padding, ...), so random-weight models accept its ids.
     """
 
     family: str
     model_class: str
+    config_class: str
     decoder_layers: str
-    load_processor: Callable[[str, str | None], Any]
+    load_processor: Callable[..., Any]
+    offline_processor: Callable[..., Any]
+    token_ids: Callable[[Any], dict[str, Any]]
 
     def layers(self, model: Any) -> Any:
         """The text decoder layers (`nn.ModuleList`); never the vision tower's layers."""
@@ -54,8 +62,8 @@ class ModelAdapter:
             return_tensors="pt", processor_kwargs={"padding": True})
 
 
-def auto_processor(path: str, revision: str | None) -> Any:
+def auto_processor(path: str, revision: str | None, **kwargs: Any) -> Any:
     """The checkpoint's own processor class, PIL image backend (bit-reproducible across machines)."""
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(path, revision=revision, backend="pil")
+    return AutoProcessor.from_pretrained(path, revision=revision, backend="pil", **kwargs)

@@ -20,6 +20,7 @@ from functools import cache
 from typing import Any
 
 from experiments.models.adapter import ModelAdapter
+from experiments.models.offline import QWEN_CHAT_TEMPLATE, QWEN_SPECIALS, qwen_tokenizer
 
 
 @cache
@@ -39,13 +40,42 @@ def image_only_processor_class() -> type:
     return Qwen2_5_VLImageOnlyProcessor
 
 
-def load_processor(path: str, revision: str | None) -> Any:
-    return image_only_processor_class().from_pretrained(path, revision=revision, backend="pil")
+def pixel_bounds(min_pixels: int, max_pixels: int) -> dict[str, Any]:
+    """Qwen's min/max pixel budget in the image processor's v5 form (`size`, not the deprecated kwargs)."""
+    return {"size": {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}}
+
+
+def load_processor(path: str, revision: str | None, min_pixels: int | None = None,
+                   max_pixels: int | None = None) -> Any:
+    """The checkpoint's processor (image + text), its pixel budget overridden when both bounds are given."""
+    bounds = pixel_bounds(min_pixels, max_pixels) if min_pixels and max_pixels else {}
+    return image_only_processor_class().from_pretrained(path, revision=revision, backend="pil", **bounds)
+
+
+def offline_processor(min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280) -> Any:
+    """Qwen2.5-VL preprocessing (patch 14, 2x2 merge, temporal patch 2) with the offline tokenizer."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    image_processor = Qwen2VLImageProcessorPil(**pixel_bounds(min_pixels, max_pixels), patch_size=14,
+                                               temporal_patch_size=2, merge_size=2)
+    return image_only_processor_class()(image_processor=image_processor, tokenizer=qwen_tokenizer(),
+                                        chat_template=QWEN_CHAT_TEMPLATE)
+
+
+def token_ids(processor: Any) -> dict[str, Any]:
+    ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    return {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+            "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
+            "text_config": {"bos_token_id": None, "eos_token_id": ids["<|im_end|>"],
+                            "pad_token_id": ids["<|endoftext|>"]}}
 
 
 QWEN2_5_VL = ModelAdapter(
     family="qwen2_5_vl",
     model_class="Qwen2_5_VLForConditionalGeneration",
+    config_class="Qwen2_5_VLConfig",
     decoder_layers="model.language_model.layers",
     load_processor=load_processor,
+    offline_processor=offline_processor,
+    token_ids=token_ids,
 )

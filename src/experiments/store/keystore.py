@@ -7,7 +7,8 @@ and renamed into place, so a shard either exists whole or not at all: a killed j
 finished shards, and a rerun extracts only the missing ones. `lock()` serialises extraction between
 jobs that share the entry.
 
-Hashed: model (name, family, path, revision, builder seed, dtype), the benchmark config, the resolved
+Hashed: model (name, family, weights, path, revision, dtype, processor settings; for random weights also
+the seed and the architecture), the benchmark config, the resolved
 layer indices, key site, per-sample token cap, key seed, store dtype and shard size. Excluded on
 purpose: batch size, device and attention implementation (they change speed, not keys, beyond float
 rounding) and everything downstream of the keys (metrics, splits, report, logger).
@@ -32,8 +33,9 @@ def cache_descriptor(cfg: JobConfig, layers: list[int]) -> dict[str, Any]:
     """The config subset that determines the keys (see the module docstring for what is excluded)."""
     m = cfg.model
     return {
-        "model": {"name": m.name, "family": m.family, "path": m.path, "revision": m.revision,
-                  "builder_seed": m.builder_seed if m.builder else None, "dtype": m.dtype},
+        "model": {"name": m.name, "family": m.family, "weights": m.weights, "path": m.path, "revision": m.revision,
+                  "dtype": m.dtype, "processor": m.processor,
+                  **({"seed": m.seed, "architecture": m.architecture} if m.weights == "random" else {})},
         "benchmark": asdict(cfg.benchmark),
         "layers": sorted(layers),
         "site": cfg.keys.site,

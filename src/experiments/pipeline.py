@@ -103,6 +103,7 @@ def _cached_keys(job: JobConfig, samples: list, layers: list[int]) -> KeySet:
     """Keys from the cache; extracts (under the entry's lock) only the shards that are missing."""
     store = KeyStore(job.paths.cache_dir, cache_descriptor(job, layers), len(samples))
     with store.lock():
+        store.remove_partial_files()
         missing = store.missing()
         if not missing:
             log.info("key cache hit: all %d shards in %s, no forward pass", store.n_shards, store.dir)

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from experiments.benchmarks.mmbench import mmbench_samples
+from experiments.benchmarks.mmmu import mmmu_samples
 from experiments.benchmarks.sample import BenchmarkData, Sample
 from experiments.benchmarks.synthetic import synthetic_samples
 from experiments.config import BenchmarkConfig
 
 LOADERS: dict[str, Callable[[BenchmarkConfig], BenchmarkData]] = {
     "synthetic": synthetic_samples,
+    "mmbench_cn": mmbench_samples,
+    "mmmu": mmmu_samples,
 }
 
 

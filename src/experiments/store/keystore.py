@@ -83,6 +83,11 @@ class KeyStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.dir / ".lock"))
 
+    def remove_partial_files(self) -> None:
+        """Delete temporary files a killed writer left behind; call only while holding `lock()`."""
+        for leftover in self.dir.glob("*.tmp"):
+            leftover.unlink(missing_ok=True)
+
     def shard_samples(self, shard: int) -> range:
         return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n_samples))
 

@@ -1,0 +1,155 @@
+"""MMBench-CN loader (`benchmark=mmbench_cn`): one image-first sample per question, in a cited prompt convention.
+
+Reads either distribution of MMBench v1.0 Chinese (facts and citations in `shared/notes/benchmarks.md` §1):
+
+- VLMEvalKit TSV (`MMBench_DEV_CN.tsv`, read as `pd.read_csv(path, sep="\\t")`): columns index, question,
+  hint, A-D, answer, category, image, source, l2-category, comment, split. `image` is a base64 JPEG, or, when
+  it has at most 64 characters, the `index` of another row whose image it reuses
+  (VLMEvalKit@e8e78f0:`vlmeval/dataset/image_base.py:162-170`).
+- Hugging Face parquet (`lmms-lab/MMBench_CN`, `data/<split>-*.parquet`): the same fields, the image as a
+  `struct<bytes, path>`, the level-2 category spelt `L2-category`, missing values possibly the string "nan".
+
+`benchmark.path` is a .tsv file, a .parquet file, a folder with `data/<split>-*.parquet`, or the hub id.
+Rows of another split (the `split` column) are left out; CircularEval copies (index >= 1e6, rotated options
+of question `index % 1e6`) are dropped when `benchmark.drop_circular`. None, NaN, "nan" and "none" are
+missing values (LLaVA `is_none`, haotian-liu/LLaVA@c121f04:`llava/eval/model_vqa_mmbench.py:33-44`).
+A row with a corrupt or missing image or a dangling index reference is skipped and reported.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+
+import pandas as pd
+from PIL import Image
+
+from experiments.benchmarks.images import SkipRow, collect, decode_image, image_from_cell, resolve_path
+from experiments.benchmarks.sample import BenchmarkData, Sample
+from experiments.config import BenchmarkConfig
+
+HUB_ID = "lmms-lab/MMBench_CN"
+OPTION_LETTERS = "ABCDE"  # MMBench has 2-4 options; toolkits also probe E
+CIRCULAR_OFFSET = 1_000_000  # CircularEval copies have index >= 1e6 (VLMEvalKit `multiple_choice.py:521`)
+REFERENCE_MAX_CHARS = 64  # an image string this short is another row's index (`image_base.py:162-170`)
+
+
+def vlmevalkit_prompt(question: str, hint: str | None, options: dict[str, str]) -> str:
+    """VLMEvalKit's default MCQ prompt, English scaffolding even for MMBench-CN; the image goes first.
+
+    Source: open-compass/VLMEvalKit@e8e78f0:`vlmeval/dataset/image_mcq.py:212-248`
+    (`ImageMCQDataset.build_prompt`), the prompt VLMEvalKit's Qwen2.5-VL-7B config gets
+    (`vlmeval/config.py:2004-2010`, `use_custom_prompt=False`).
+    """
+    prompt = f"Hint: {hint}\n" if hint is not None else ""
+    prompt += f"Question: {question}\n"
+    if options:
+        prompt += "Options:\n" + "".join(f"{letter}. {text}\n" for letter, text in options.items())
+        prompt += "Please select the correct answer from the options above. \n"
+    return prompt
+
+
+def llava_prompt(question: str, hint: str | None, options: dict[str, str]) -> str:
+    """LLaVA-1.5's MMBench-CN prompt: hint, question, options, Chinese instruction; the image goes first.
+
+    The model's template adds the `<image>\\n` slot before this text. Sources:
+    haotian-liu/LLaVA@c121f04:`llava/eval/model_vqa_mmbench.py:71-101` with `--lang cn --single-pred-prompt`
+    (`scripts/v1_5/eval/mmbench_cn.sh`), and the same string in VLMEvalKit@e8e78f0:
+    `vlmeval/vlm/llava/llava.py:86-126` (`LLaVA.build_prompt`, Chinese instruction when the text is Chinese).
+    """
+    text = question if hint is None else f"{hint}\n{question}"
+    text += "".join(f"\n{letter}. {option}" for letter, option in options.items())
+    return text + "\n请直接回答选项字母。"
+
+
+PROMPT_STYLES: dict[str, Callable[[str, str | None, dict[str, str]], str]] = {
+    "vlmevalkit": vlmevalkit_prompt,
+    "llava": llava_prompt,
+}
+
+
+def mmbench_samples(cfg: BenchmarkConfig) -> BenchmarkData:
+    """The MMBench-CN samples of `cfg.split` (see the module docstring), at most `cfg.limit`.
+
+    Each sample is `Sample(id=str(index), parts=(image, prompt), answer=letter or None, meta)`, meta holding
+    index, question_index (`index % 1e6`), category, l2_category, source, split.
+
+    Raises:
+        ValueError: unknown `cfg.prompt_style` (lists the valid ones), no row of `cfg.split`, bad `cfg.limit`.
+        FileNotFoundError: `cfg.path` does not exist locally and cannot be fetched from the hub.
+    """
+    if cfg.prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"benchmark.prompt_style={cfg.prompt_style!r} is not an MMBench prompt style; "
+                         f"valid: {sorted(PROMPT_STYLES)}")
+    style = PROMPT_STYLES[cfg.prompt_style]
+    table, images = _read(cfg.path or HUB_ID, cfg.split)
+    if cfg.drop_circular:
+        table = table[table["index"] < CIRCULAR_OFFSET]
+    rows = table.to_dict("records")
+    return collect([str(row["index"]) for row in rows], lambda i: _sample(rows[i], images, style),
+                   cfg.limit, cfg.seed)
+
+
+def is_missing(value: object) -> bool:
+    """LLaVA's `is_none`: None, NaN, "nan" and "none" (any case) are missing; so are pandas' NA and ""."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("", "nan", "none")
+    return bool(pd.api.types.is_scalar(value) and pd.isna(value))
+
+
+def _read(path: str, split: str) -> tuple[pd.DataFrame, dict[int, object]]:
+    """The rows of `split` with integer `index` and `l2-category`, and the image of every row by index."""
+    source = resolve_path(path, [f"data/{split}-*.parquet"])
+    if source.is_dir():
+        files = sorted(source.glob(f"data/{split}-*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{source} has no data/{split}-*.parquet (the lmms-lab/MMBench_CN layout); "
+                                    "point benchmark.path at that folder, a .parquet file or a VLMEvalKit .tsv")
+        table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    elif source.suffix == ".tsv":
+        table = pd.read_csv(source, sep="\t", dtype=str)  # str: options such as "1" stay text
+    else:
+        table = pd.read_parquet(source)
+    table = table.rename(columns={"L2-category": "l2-category"})
+    table["index"] = table["index"].astype(int)
+    images = dict(zip(table["index"], table["image"], strict=True))  # before the split filter: references
+    if "split" in table.columns:
+        present = sorted(table["split"].dropna().unique().tolist())
+        table = table[table["split"] == split]
+        if table.empty:
+            raise ValueError(f"{source}: no row with split={split!r}; splits present: {present}")
+    return table, images
+
+
+def _sample(row: Mapping[str, object], images: Mapping[int, object],
+            style: Callable[[str, str | None, dict[str, str]], str]) -> Sample:
+    index = int(str(row["index"]))
+    image = _image(row["image"], images)
+    if is_missing(row.get("question")):
+        raise SkipRow("missing question")
+    hint = None if is_missing(row.get("hint")) else str(row["hint"])
+    options = {letter: str(row[letter]) for letter in OPTION_LETTERS if not is_missing(row.get(letter))}
+    answer = row.get("answer")
+    meta = {"index": index, "question_index": index % CIRCULAR_OFFSET}
+    meta |= {key: None if is_missing(row.get(column)) else str(row[column])
+             for key, column in (("category", "category"), ("l2_category", "l2-category"),
+                                 ("source", "source"), ("split", "split"))}
+    return Sample(id=str(index), parts=(image, style(str(row["question"]), hint, options)),
+                  answer=None if is_missing(answer) else str(answer).strip(), meta=meta)
+
+
+def _image(value: object, images: Mapping[int, object]) -> Image.Image:
+    """Decode a TSV base64 string (following one short index reference) or a parquet image cell."""
+    if not isinstance(value, str):
+        return image_from_cell(value)
+    if len(value) <= REFERENCE_MAX_CHARS:
+        target = images.get(int(value)) if value.strip().isdigit() else None
+        if not isinstance(target, str) or len(target) <= REFERENCE_MAX_CHARS:
+            raise SkipRow(f"image refers to index {value!r}, which holds no image")
+        value = target
+    try:
+        data = base64.b64decode(value)  # as VLMEvalKit `decode_base64_to_image`
+    except (binascii.Error, ValueError):
+        raise SkipRow("corrupt image (invalid base64)") from None
+    return decode_image(data)

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from experiments.config import register_configs
 from experiments.pipeline import run
+from experiments.report.tables import read_metadata
 
 from .. import wandb_offline
 from ..conftest import REPO
@@ -101,3 +102,23 @@ def test_wandb_offline_run_holds_the_summary(tmp_path, cache_dir, monkeypatch):
     results = pd.read_parquet(tmp_path / "results.parquet")
     expected = results[results["comparison"] == "image_vs_text"]["value"].mean()
     assert summary["mmd2/image_vs_text/late"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("benchmark_name", ["mmmu", "mmbench_cn"])
+def test_real_benchmark_files_run_end_to_end(benchmark_name, tmp_path, cache_dir):
+    """`launch.py model=tiny_llava benchmark=<real> benchmark.path=<real files>` writes results, offline."""
+    from ..fixtures import mmbench_files
+
+    if benchmark_name == "mmmu":
+        path = REPO / "tests" / "fixtures" / "real_samples" / "mmmu" / "MMMU"
+    else:
+        path = mmbench_files.write_tsv(tmp_path / "MMBench_DEV_CN.tsv")
+    cfg = _cfg(cache_dir, [f"benchmark={benchmark_name}", f"benchmark.path={path}", "benchmark.limit=8", "logger=none"])
+    run(cfg, tmp_path / "job")
+    results = pd.read_parquet(tmp_path / "job" / "results.parquet")
+    assert set(results["benchmark"]) == {benchmark_name} and (results["prompt_style"] == "vlmevalkit").all()
+    assert results["value"].notna().all()
+    metadata = read_metadata(tmp_path / "job" / "results.parquet")
+    assert metadata["n_samples_used"] == 8
+    if benchmark_name == "mmbench_cn":  # the fixture's corrupt row is reported, not fatal, if the selection tried it
+        assert all("sample_id" in s and s["reason"] for s in metadata["skipped_samples"])

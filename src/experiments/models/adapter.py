@@ -47,19 +47,22 @@ class ModelAdapter:
         """Id of the placeholder token that the processor expands into one token per image patch."""
         return int(model.config.image_token_id)
 
+    def conversation(self, sample: Sample) -> list[dict[str, Any]]:
+        """The sample as one user turn in the chat-template message format, parts in reading order."""
+        return [{"role": "user", "content": [
+            {"type": "text", "text": part} if isinstance(part, str) else {"type": "image", "image": part}
+            for part in sample.parts]}]
+
     def model_inputs(self, processor: Any, samples: list[Sample]) -> Any:
-        """Processor outputs for a batch: the chat template applied to each sample, right-padded.
+        """Processor outputs for a batch: the checkpoint's chat template applied to each sample, right-padded.
 
         Right padding keeps every real token at the position it has when run alone (LLaVA takes
         `arange` positions; Qwen's M-RoPE index is mask-aware either way).
         """
-        conversations = [[{"role": "user", "content": [
-            {"type": "image", "image": p} if not isinstance(p, str) else {"type": "text", "text": p}
-            for p in sample.parts]}] for sample in samples]
         processor.tokenizer.padding_side = "right"
         return processor.apply_chat_template(
-            conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
-            return_tensors="pt", processor_kwargs={"padding": True})
+            [self.conversation(sample) for sample in samples], add_generation_prompt=True, tokenize=True,
+            return_dict=True, return_tensors="pt", processor_kwargs={"padding": True})
 
 
 def auto_processor(path: str, revision: str | None, **kwargs: Any) -> Any:

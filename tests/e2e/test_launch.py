@@ -9,14 +9,15 @@ import sys
 import pandas as pd
 import pytest
 
+from .. import wandb_offline
 from ..conftest import REPO
 
 
 @pytest.mark.slow
 def test_multirun_two_models_two_layers(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "KEYSPACE_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "launch.py", "-m", "model=tiny_llava,tiny_qwen", "layer=early,late", "logger=none",
+    env = {**os.environ, "KEYSPACE_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    command = [sys.executable, "launch.py", "-m", "model=tiny_llava,tiny_qwen", "layer=early,late",
                "benchmark.limit=6", "analysis.n_splits=2", "metric.n_permutations=20",
                "report.tsne_points=60", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -27,6 +28,9 @@ def test_multirun_two_models_two_layers(tmp_path, cache_dir):
             for j in jobs}
     assert seen == {(m, layer) for m in ("tiny_llava", "tiny_qwen") for layer in ("early", "late")}
     assert "cross/intra" in done.stdout
+    for job in jobs:  # one offline W&B run per job, grouped by the sweep
+        (run_file,) = job.glob("wandb/offline-run-*/run-*.wandb")
+        assert wandb_offline.group(run_file) == str(sweep)
 
 
 def test_unknown_model_is_refused_before_running(tmp_path):

@@ -122,3 +122,16 @@ def test_real_benchmark_files_run_end_to_end(benchmark_name, tmp_path, cache_dir
     assert metadata["n_samples_used"] == 8
     if benchmark_name == "mmbench_cn":  # the fixture's corrupt row is reported, not fatal, if the selection tried it
         assert all("sample_id" in s and s["reason"] for s in metadata["skipped_samples"])
+
+
+def test_wandb_failure_loses_no_result(tmp_path, cache_dir, monkeypatch, caplog):
+    import wandb
+
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("W&B is down")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    run(_cfg(cache_dir, ["layer=late", "metric=jsd"]), tmp_path)
+    assert "W&B logging failed" in caplog.text
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
+    assert len(pd.read_parquet(tmp_path / "results.parquet")) == 3 * 2

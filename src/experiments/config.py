@@ -32,6 +32,7 @@ class ModelConfig:
     dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bf16 on GPU, fp32 on CPU)
     device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
     attn_implementation: str = "sdpa"  # sdpa | eager; keys do not depend on it, speed does
+    fast_paths: bool = True  # swap slow transformers modules for exact faster ones (adapter.fast_paths)
 
 
 @dataclass

@@ -98,14 +98,17 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     if cfg.weights == "random" and not cfg.path:
         log.info("building %s with random weights on %s (%s)", cfg.name, device, dtype)
         model, processor = build_random(adapter, cfg, device, dtype)
-        return LoadedModel(model=model, processor=processor, adapter=adapter)
-    path = str(ensure_random_checkpoint(adapter, cfg)) if cfg.weights == "random" else str(cfg.path)
-    log.info("loading %s from %s (%s, %s)", cfg.name, path, device, dtype)
-    processor = _from_hub(cfg, adapter.load_processor, path, cfg.revision, **cfg.processor)
-    model_class = getattr(transformers, adapter.model_class)
-    model = _from_hub(cfg, model_class.from_pretrained, path, revision=cfg.revision, dtype=dtype,
-                      attn_implementation=cfg.attn_implementation)
-    return LoadedModel(model=model.to(device).eval(), processor=processor, adapter=adapter)
+    else:
+        path = str(ensure_random_checkpoint(adapter, cfg)) if cfg.weights == "random" else str(cfg.path)
+        log.info("loading %s from %s (%s, %s)", cfg.name, path, device, dtype)
+        processor = _from_hub(cfg, adapter.load_processor, path, cfg.revision, **cfg.processor)
+        model_class = getattr(transformers, adapter.model_class)
+        model = _from_hub(cfg, model_class.from_pretrained, path, revision=cfg.revision, dtype=dtype,
+                          attn_implementation=cfg.attn_implementation).to(device).eval()
+    if cfg.fast_paths:
+        for install in adapter.fast_paths:
+            install(model)
+    return LoadedModel(model=model, processor=processor, adapter=adapter)
 
 
 def _from_hub(cfg: ModelConfig, load: Any, *args: Any, **kwargs: Any) -> Any:

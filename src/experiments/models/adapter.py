@@ -29,6 +29,8 @@ class ModelAdapter:
         offline_processor: `(**model.processor) -> processor` built without downloads (weights=random).
         token_ids: `processor -> config fields` that tie the architecture's special-token ids to the
             offline tokenizer (image token, padding, ...), so random-weight models accept its ids.
+        fast_paths: `model -> None` functions that swap slow modules for exact faster ones
+            (`model.fast_paths=false` turns them off); each has a CPU test of exactness.
     """
 
     family: str
@@ -38,6 +40,7 @@ class ModelAdapter:
     load_processor: Callable[..., Any]
     offline_processor: Callable[..., Any]
     token_ids: Callable[[Any], dict[str, Any]]
+    fast_paths: tuple[Callable[[Any], Any], ...] = ()
 
     def layers(self, model: Any) -> Any:
         """The text decoder layers (`nn.ModuleList`); never the vision tower's layers."""

@@ -20,6 +20,7 @@ from functools import cache
 from typing import Any
 
 from experiments.models.adapter import ModelAdapter
+from experiments.models.fast_vision import use_grouped_window_attention
 from experiments.models.offline import QWEN_CHAT_TEMPLATE, QWEN_SPECIALS, qwen_tokenizer
 
 
@@ -78,4 +79,5 @@ QWEN2_5_VL = ModelAdapter(
     load_processor=load_processor,
     offline_processor=offline_processor,
     token_ids=token_ids,
+    fast_paths=(use_grouped_window_attention,),
 )

@@ -48,7 +48,8 @@ def build_random(adapter: ModelAdapter, cfg: ModelConfig, device: str, dtype: An
     config = architecture_config(adapter, cfg.architecture, processor)
     torch.manual_seed(cfg.seed)
     with torch.device(device):
-        model = getattr(transformers, adapter.model_class)._from_config(config, dtype=dtype)
+        model = getattr(transformers, adapter.model_class)._from_config(
+            config, dtype=dtype, attn_implementation=cfg.attn_implementation)
     return model.eval(), processor
 
 

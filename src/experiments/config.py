@@ -62,6 +62,7 @@ class LayerConfig:
 class KeysConfig:
     site: str = "post_rope"  # post_rope (what enters q.k, = the KV cache) | pre_rope (k_proj output)
     batch_size: int = 8  # samples per forward pass
+    num_workers: int = 0  # DataLoader processes that preprocess the next batches while the model runs
     shard_size: int = 16  # samples per cache shard: the unit of resume
     max_tokens_per_sample: int | None = 256  # per-modality cap per sample, seeded; None keeps all tokens
     store_dtype: str = "float32"  # dtype of the cached keys: float32 | bfloat16 | float16

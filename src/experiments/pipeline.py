@@ -114,7 +114,8 @@ def _cached_keys(job: JobConfig, samples: list, layers: list[int]) -> KeySet:
                 numbers = store.shard_samples(shard)
                 records, skipped = extract_keys(
                     loaded, [(n, samples[n]) for n in numbers], layers, job.keys.site, job.keys.batch_size,
-                    job.keys.max_tokens_per_sample, job.keys.seed, getattr(torch, job.keys.store_dtype))
+                    job.keys.max_tokens_per_sample, job.keys.seed, getattr(torch, job.keys.store_dtype),
+                    num_workers=job.keys.num_workers)
                 store.write(shard, records, skipped)
     return store.load()
 

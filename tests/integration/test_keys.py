@@ -125,3 +125,13 @@ def test_sample_without_image_is_skipped_with_reason(tiny, caplog):
     assert [r.sample_id for r in kept] == [samples[0].id, samples[1].id]
     assert skipped[0]["sample_id"] == "no-image" and "no image tokens" in skipped[0]["reason"]
     assert "skipping sample no-image" in caplog.text
+
+
+def test_worker_processes_and_batch_size_do_not_change_keys(tiny):
+    samples = list(enumerate(_samples(6)))
+    inline, _ = extract_keys(tiny, samples, [1], "post_rope", 6, None, 0, torch.float32)
+    workers, _ = extract_keys(tiny, samples, [1], "post_rope", 2, None, 0, torch.float32, num_workers=2)
+    assert [r.number for r in workers] == [r.number for r in inline] == list(range(6))
+    for a, b in zip(inline, workers, strict=True):
+        assert torch.equal(a.position, b.position)
+        torch.testing.assert_close(b.keys[1], a.keys[1], rtol=1e-5, atol=1e-5)

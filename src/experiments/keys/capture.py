@@ -25,15 +25,17 @@ class _StopForward(Exception):
 
 
 class KeyCapture:
-    """Hooks for one forward: `with KeyCapture(...) as cap: cap.run(**inputs)`; then `cap.keys`."""
+    """Hooks for one forward: `with KeyCapture(...) as cap: cap.run(**inputs)`; then `cap.keys`.
 
-    def __init__(self, model: Any, decoder_layers: Any, layers: list[int], site: str, dtype: torch.dtype,
-                 device: str | torch.device = "cpu"):
+    Keys stay on the model's device in `dtype`; the caller selects the tokens it keeps before copying.
+    """
+
+    def __init__(self, model: Any, decoder_layers: Any, layers: list[int], site: str, dtype: torch.dtype):
         if site not in SITES:
             raise ValueError(f"keys.site={site!r} is not one of {list(SITES)}")
         self.model, self.decoder_layers = model, decoder_layers
         self.layers, self.site = sorted(layers), site
-        self.dtype, self.device = dtype, device
+        self.dtype = dtype
         self.keys: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
 
@@ -68,7 +70,7 @@ class KeyCapture:
         return self.keys
 
     def _store(self, name: str, keys: torch.Tensor) -> None:
-        self.keys[name] = keys.detach().to(device=self.device, dtype=self.dtype)
+        self.keys[name] = keys.detach().to(dtype=self.dtype)  # stays on the model's device
 
     def _stop(self, *_: object) -> None:
         raise _StopForward

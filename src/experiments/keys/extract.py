@@ -3,12 +3,19 @@
 For each sample: image tokens are the positions holding the config's image-token id, text tokens
 every other non-padding position. Padding never reaches the output. A per-modality cap per sample
 (seeded by the sample's number, so independent of batching) bounds what is stored.
+
+Speed without changing a number: samples are bucketed by size so batches carry little padding;
+preprocessing runs in `num_workers` DataLoader workers while the model runs; only the kept tokens
+leave the device, copied asynchronously into pinned host memory and collected one batch later, so
+the copy of batch i overlaps the forward of batch i+1.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,42 +47,107 @@ class SampleKeys:
     position: torch.Tensor
 
 
+@dataclass
+class _Staged:
+    """A batch whose kept keys are (possibly still) being copied to the host."""
+
+    rows: list[tuple[int, str, torch.Tensor, torch.Tensor]]  # number, sample id, is_image, position
+    keys: dict[int, torch.Tensor]  # layer -> [kept tokens of the whole batch, dim], host memory
+    done: Any  # CUDA event, or None when the copy was synchronous
+
+    def finish(self) -> list[SampleKeys]:
+        if self.done is not None:
+            self.done.synchronize()
+        sizes = [len(position) for *_, position in self.rows]
+        split = {layer: keys.split(sizes) for layer, keys in self.keys.items()}
+        return [SampleKeys(number=number, sample_id=sample_id, is_image=is_image, position=position,
+                           keys={layer: parts[i] for layer, parts in split.items()})
+                for i, (number, sample_id, is_image, position) in enumerate(self.rows)]
+
+
 def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers: list[int], site: str,
                  batch_size: int, max_tokens_per_sample: int | None, seed: int, store_dtype: torch.dtype,
-                 ) -> tuple[list[SampleKeys], list[dict[str, str]]]:
-    """Keys of `samples` ((number, sample) pairs) at `layers`; returns (kept, skipped).
+                 num_workers: int = 0) -> tuple[list[SampleKeys], list[dict[str, str]]]:
+    """Keys of `samples` ((number, sample) pairs) at `layers`; returns (kept, skipped), kept in number order.
 
     A sample whose images produced no image tokens is skipped with a warning (it has nothing to
     compare) and listed in `skipped` as {"sample_id", "reason"}.
     """
+    from torch.utils.data import DataLoader
+
     model, adapter = loaded.model, loaded.adapter
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     image_token = adapter.image_token_id(model)
-    kept, skipped = [], []
+    batches = _buckets(samples, batch_size)
+    loader = DataLoader(batches, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
+                        collate_fn=partial(_prepare, adapter, loaded.processor))
+    kept: list[SampleKeys] = []
+    skipped: list[dict[str, str]] = []
+    pending: _Staged | None = None
     with KeyCapture(model, adapter.layers(model), layers, site, dtype=store_dtype) as capture:
-        for start in tqdm(range(0, len(samples), batch_size), desc="extract keys", unit="batch", leave=False):
-            batch = samples[start:start + batch_size]
-            inputs = adapter.model_inputs(loaded.processor, [s for _, s in batch]).to(device)
+        for batch, inputs in tqdm(loader, desc="extract keys", unit="batch", leave=False):
+            ids, real = inputs["input_ids"], inputs["attention_mask"].bool()
+            inputs = inputs.to(device, non_blocking=True)
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
             captured = capture.run(**inputs)
-            real = inputs["attention_mask"].bool().cpu()
-            is_image = inputs["input_ids"].cpu() == image_token
+            rows, flat_rows, flat_positions = [], [], []
             for row, (number, sample) in enumerate(batch):
-                if not is_image[row].any():
+                is_image = ids[row] == image_token
+                if not is_image.any():
                     reason = (f"its {len(sample.images)} image(s) produced no image tokens; check that the "
                               f"benchmark row has an image and that model.path's processor inserts the "
                               f"image token (id {image_token})")
                     log.warning("skipping sample %s: %s", sample.id, reason)
                     skipped.append({"sample_id": sample.id, "reason": reason})
                     continue
-                positions = _kept_positions(is_image[row][real[row]], max_tokens_per_sample, seed, number)
+                positions = _kept_positions(is_image[real[row]], max_tokens_per_sample, seed, number)
                 where = real[row].nonzero().squeeze(1)[positions]
-                kept.append(SampleKeys(
-                    number=number, sample_id=sample.id,
-                    keys={i: captured[key_name(i, site)][row, where].clone() for i in layers},
-                    is_image=is_image[row, where], position=positions))
-    return kept, skipped
+                rows.append((number, sample.id, is_image[where], positions))
+                flat_rows.append(torch.full_like(where, row))
+                flat_positions.append(where)
+            staged = _stage(captured, layers, site, rows, flat_rows, flat_positions, device)
+            if pending is not None:
+                kept += pending.finish()
+            pending = staged
+    if pending is not None:
+        kept += pending.finish()
+    return sorted(kept, key=lambda r: r.number), skipped
+
+
+def _prepare(adapter: Any, processor: Any, batch: list[tuple[int, Sample]]) -> tuple[list, Any]:
+    """Collate function (runs in the DataLoader workers): the processor outputs of one batch."""
+    return batch, adapter.model_inputs(processor, [sample for _, sample in batch])
+
+
+def _buckets(samples: list[tuple[int, Sample]], batch_size: int) -> list[list[tuple[int, Sample]]]:
+    """Batches of samples of similar size (pixels, then text length), so padding stays small."""
+    def size(item: tuple[int, Sample]) -> tuple[int, int]:
+        sample = item[1]
+        return sum(i.width * i.height for i in sample.images), len(sample.text)
+
+    ordered = sorted(samples, key=size)
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def _stage(captured: dict[str, torch.Tensor], layers: list[int], site: str, rows: list, flat_rows: list,
+           flat_positions: list, device: torch.device) -> _Staged:
+    """Gather the kept tokens on the device and start their copy to (pinned) host memory."""
+    if not rows:
+        return _Staged(rows=[], keys={}, done=None)
+    batch_index = torch.cat(flat_rows).to(device, non_blocking=True)
+    token_index = torch.cat(flat_positions).to(device, non_blocking=True)
+    cuda = device.type == "cuda"
+    keys = {}
+    for layer in layers:
+        selected = captured[key_name(layer, site)][batch_index, token_index]  # [kept tokens, dim]
+        host = torch.empty(selected.shape, dtype=selected.dtype, pin_memory=cuda)
+        keys[layer] = host.copy_(selected, non_blocking=cuda)
+    done = None
+    if cuda:
+        done = torch.cuda.Event()
+        done.record()
+    return _Staged(rows=rows, keys=keys, done=done)
 
 
 def _kept_positions(is_image: torch.Tensor, cap: int | None, seed: int, number: int) -> torch.Tensor:

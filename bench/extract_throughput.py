@@ -52,6 +52,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
 def matmul_ceiling(device: torch.device) -> float:
     """FLOP/s of a large GEMM in the extraction dtype: bf16 8192^3 on GPU, fp32 2048^3 on CPU."""
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
@@ -122,7 +128,7 @@ def bench_model(name: str, args: argparse.Namespace, ceiling: float) -> dict:
 
     baseline(loaded, warm, layer)
     flops_a = flops_per_sample(lambda: baseline(loaded, warm[:1], layer), 1)
-    torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+    reset_peak(device)
     seconds_a, keys_a, tokens = baseline(loaded, samples, layer)
     peak_a = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
 
@@ -130,16 +136,13 @@ def bench_model(name: str, args: argparse.Namespace, ceiling: float) -> dict:
         install(loaded.model)
     keyspace(loaded, warm, layer, args.batch_size, 0)
     flops_b = flops_per_sample(lambda: keyspace(loaded, warm, layer, len(warm), 0), len(warm))
-    torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+    reset_peak(device)
     seconds_b, keys_b = keyspace(loaded, samples, layer, args.batch_size, args.workers)
     peak_b = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
 
     diff = max(float((a - b).abs().max()) for a, b in zip(keys_a, keys_b, strict=True))
     scale = max(float(a.abs().max()) for a in keys_a)
     n = len(samples)
-    del loaded
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {"model": name, "layer": layer, "depth": depth, "samples": n, "tokens/sample": tokens / n,
             "a samples/s": n / seconds_a, "b samples/s": n / seconds_b, "ratio b/a": seconds_a / seconds_b,
             "a tokens/s": tokens / seconds_a, "b tokens/s": tokens / seconds_b,

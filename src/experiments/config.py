@@ -79,12 +79,15 @@ class AnalysisConfig:
 
 @dataclass
 class MetricConfig:
-    names: list[str] = field(default_factory=lambda: ["mmd2", "jsd"])  # metrics computed per comparison
+    # metrics computed per comparison: mmd2 | jsd | energy | sliced_wasserstein | c2st_auc
+    names: list[str] = field(default_factory=lambda: ["mmd2", "jsd"])
     n_permutations: int = 200  # permutations for MMD p-values (0 = no test)
     unbiased: bool = True  # unbiased MMD^2 estimator (off-diagonal means) or biased
     jsd_projection: str = "pca"  # pca | random | none: 1-D projections the JSD is averaged over
     jsd_n_projections: int = 16  # how many projections
     jsd_bins: int = 64  # shared equal-width histogram bins per projection
+    sw_n_projections: int = 128  # random directions of the sliced Wasserstein distance
+    c2st_folds: int = 5  # cross-validation folds of the classifier two-sample test (split by sample)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from experiments.config import KernelConfig, MetricConfig
-from experiments.metrics import jsd, mmd2, mmd_test
+from experiments.metrics import c2st_auc, energy_distance, jsd, mmd2, mmd_test, sliced_wasserstein
 
 COMPARISONS = {  # name -> (modality of the A side, modality of the B side); True = image
     "image_vs_text": (True, False),
@@ -43,7 +43,20 @@ def _jsd(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, de
     return value, math.nan
 
 
-METRICS: dict[str, MetricFn] = {"mmd2": _mmd2, "jsd": _jsd}
+def _energy(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, device: str) -> tuple[float, float]:
+    return energy_distance(x, y, device=device), math.nan
+
+
+def _sliced(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, device: str) -> tuple[float, float]:
+    return sliced_wasserstein(x, y, n_projections=metric.sw_n_projections, seed=seed, device=device), math.nan
+
+
+def _c2st(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, device: str) -> tuple[float, float]:
+    return c2st_auc(x.cpu(), y.cpu(), groups_x=gx, groups_y=gy, folds=metric.c2st_folds, seed=seed), math.nan
+
+
+METRICS: dict[str, MetricFn] = {"mmd2": _mmd2, "jsd": _jsd, "energy": _energy, "sliced_wasserstein": _sliced,
+                                "c2st_auc": _c2st}
 KERNEL_METRICS = {"mmd2"}  # metrics whose rows carry the kernel name
 
 

@@ -1,0 +1,65 @@
+"""Sample-level splits, stratified caps, and every metric wired into the comparison rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from experiments.config import KernelConfig, MetricConfig
+from experiments.metrics.splits import METRICS, _stratified_cap, compare_modalities
+
+
+def _planted(n_samples: int = 16, tokens: int = 48, d: int = 8, shift: float = 1.5):
+    """Image tokens drawn around +shift, text tokens around 0: a known cross-modal gap, no intra-modal one."""
+    g = torch.Generator().manual_seed(0)
+    sample = torch.arange(n_samples).repeat_interleave(tokens)
+    is_image = torch.arange(tokens).repeat(n_samples) < tokens // 3
+    keys = torch.randn(len(sample), d, generator=g) + shift * is_image[:, None].float()
+    return keys, is_image, sample
+
+
+def test_every_metric_separates_the_planted_gap_from_the_controls():
+    keys, is_image, sample = _planted()
+    # 16 bins: histogram JSD is biased upward when groups are small next to the bin count
+    metric = MetricConfig(names=list(METRICS), n_permutations=50, jsd_n_projections=4, jsd_bins=16,
+                          sw_n_projections=16, c2st_folds=3)
+    rows = pd.DataFrame(compare_modalities(keys, is_image, sample, n_splits=2, max_tokens_per_group=200, seed=0,
+                                           metric=metric, kernel=KernelConfig(), device="cpu"))
+    assert len(rows) == 2 * 3 * len(METRICS)
+    means = rows.groupby(["metric", "comparison"])["value"].mean().unstack()
+    for name in set(METRICS) - {"c2st_auc"}:
+        assert means.loc[name, "image_vs_text"] > 3 * max(means.loc[name, "image_vs_image"],
+                                                          means.loc[name, "text_vs_text"], 0.05), name
+    assert means.loc["c2st_auc", "image_vs_text"] > 0.95  # AUC: 0.5 under the null
+    assert means.loc["c2st_auc", ["image_vs_image", "text_vs_text"]].max() < 0.65
+    mmd = rows[rows["metric"] == "mmd2"]
+    assert (mmd[mmd["comparison"] == "image_vs_text"]["p_value"] == 1 / 51).all()
+    assert rows[rows["metric"] != "mmd2"]["p_value"].isna().all() and (rows["kernel"][rows["metric"] != "mmd2"]
+                                                                       == "none").all()
+    # text groups (32 tokens x 8 samples) capped at 200 tokens; image groups (16 x 8 = 128) left whole
+    assert (rows[rows["comparison"] == "text_vs_text"]["n_x"] == 200).all()
+    assert (rows[rows["comparison"] != "text_vs_text"]["n_x"] == 128).all()
+
+
+def test_stratified_cap_spreads_tokens_over_samples():
+    rng = np.random.default_rng(0)
+    sample = np.repeat(np.arange(10), [50, 5, 5, 5, 5, 5, 5, 5, 5, 5])
+    picked = _stratified_cap(np.arange(len(sample)), sample, 30, rng)
+    counts = np.bincount(sample[picked], minlength=10)
+    assert len(picked) == 30 and counts.max() - counts.min() <= 1
+
+
+def test_fewer_than_two_samples_is_refused():
+    keys, is_image, sample = _planted(n_samples=1)
+    with pytest.raises(ValueError, match="benchmark.limit"):
+        compare_modalities(keys, is_image, sample, n_splits=1, max_tokens_per_group=10, seed=0,
+                           metric=MetricConfig(), kernel=KernelConfig(), device="cpu")
+
+
+def test_unknown_metric_lists_the_valid_ones():
+    keys, is_image, sample = _planted()
+    with pytest.raises(ValueError, match="valid metrics: .*mmd2"):
+        compare_modalities(keys, is_image, sample, n_splits=1, max_tokens_per_group=10, seed=0,
+                           metric=MetricConfig(names=["mmd"]), kernel=KernelConfig(), device="cpu")

@@ -34,29 +34,35 @@ def median_subsample(n: int, seed: int, max_points: int = MAX_MEDIAN_POINTS) -> 
 
 
 def median_of_pairs(z: torch.Tensor, p: torch.Tensor, kernel: type[Kernel]) -> float:
-    """Median distance over distinct pairs, given the rows and their symmetric `pairwise` matrix.
+    """Median distance over distinct pairs, given the rows and their `pairwise` distance matrix.
 
-    The two middle pairs are found in float32 and their distances recomputed in float64 from the rows,
-    so σ carries no float32 round-off beyond the choice of pair.
+    Each distinct pair appears twice off the diagonal of `p` and the m diagonal zeros sort first, so
+    the r-th smallest pair (1-based) is the (m + 2r)-th smallest entry of `p`: one selection on `p`
+    itself, no copy of its triangle. The middle pairs are found in float32 and their distances
+    recomputed in float64 from the rows, so σ carries no float32 round-off beyond the choice of pair.
 
     Args:
         z: The rows the median is taken over, `[m, d]`, m ≥ 2.
-        p: `kernel.pairwise(z, z)`, `[m, m]`.
+        p: `kernel.pairwise(z, z)`, symmetric with an exactly zero diagonal, `[m, m]`.
         kernel: The kernel class; `kernel.to_distance` maps `pairwise` output to distances.
 
     Returns:
         The median distance, as a Python float.
     """
     m = p.shape[0]
-    vals = p[torch.ones(m, m, dtype=torch.bool, device=p.device).triu_(diagonal=1)]
-    k = vals.numel()
+    flat = p.reshape(-1)
+    n_pairs = m * (m - 1) // 2
+    lo_rank, hi_rank = (n_pairs + 1) // 2, n_pairs // 2 + 1
+    lo, lo_index = flat.kthvalue(m + 2 * lo_rank)
+    hi_index = lo_index
+    if hi_rank > lo_rank and int((flat <= lo).sum()) < m + 2 * hi_rank:  # next value up
+        hi_index = torch.where(flat > lo, flat, torch.inf).argmin()
     middle = []
-    for rank in sorted({(k + 1) // 2, k // 2 + 1}):
-        v = vals.kthvalue(rank).values
-        i, j = (torch.triu(p == v, diagonal=1)).nonzero()[0].tolist()
+    for index in (int(lo_index), int(hi_index)):
+        i, j = divmod(index, m)
         pair = kernel.pairwise(z[i : i + 1].double(), z[j : j + 1].double())
         middle.append(float(kernel.to_distance(pair)))
-    return sum(middle) / len(middle)
+    return sum(middle) / 2
 
 
 def describe_rule(kernel: type[Kernel], bandwidth: float | str, scale: float, n: int, seed: int) -> str:

@@ -64,7 +64,7 @@ def c2st_auc(
         index, g_x, g_y = block_index(as_groups(groups_x, tx.shape[0], "groups_x"),
                                       as_groups(groups_y, ty.shape[0], "groups_y"))
         units, groups = (g_x, g_y), index.numpy()
-        splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)  # type: ignore[assignment]
+        splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     if min(units) < folds:
         raise ValueError(f"folds={folds} needs at least {folds} rows (blocks) per sample, got {units}")
     scores = np.empty(len(labels))

@@ -27,6 +27,7 @@ The rbf convention is hyppo's exp(-d²/(2·med(d)²)); alibi-detect's exp(-d²/m
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -42,9 +43,8 @@ def sq_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Returns:
         `[n, m]`, in the dtype of `x`.
     """
-    out = torch.mm(x, y.T).mul_(-2.0)
-    out.add_(x.square().sum(1)[:, None]).add_(y.square().sum(1)[None, :])
-    return out.clamp_(min=0.0)
+    out = torch.addmm(x.square().sum(1)[:, None], x, y.T, alpha=-2.0)
+    return out.add_(y.square().sum(1)[None, :]).clamp_(min=0.0)
 
 
 class Kernel:
@@ -58,7 +58,7 @@ class Kernel:
             linear kernel values change with the centre, its MMD² does not).
         distance_based: Whether `pairwise` is a distance (zero for a row against itself), so the caller
             may set the diagonal of a pooled block to exactly 0 (float32 GEMM distances are not).
-        sigma: The bandwidth σ, or None for kernels without one.
+        sigma: The bandwidth σ, or nan for kernels without one.
     """
 
     name: ClassVar[str]
@@ -69,7 +69,7 @@ class Kernel:
     def __init__(self, sigma: float | None = None) -> None:
         if self.bandwidth_rule is not None and (sigma is None or not sigma > 0):
             raise ValueError(f"kernel {self.name!r} needs a bandwidth sigma > 0, got {sigma}")
-        self.sigma = sigma
+        self.sigma: float = math.nan if sigma is None else float(sigma)
 
     @staticmethod
     def pairwise(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

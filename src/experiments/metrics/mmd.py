@@ -99,7 +99,8 @@ def mmd2(
     """
     tx, ty = as_pair(x, y, device)
     masks = split_masks(tx.shape[0], ty.shape[0], 0, seed)
-    stats, _, _ = _mmd2_columns(torch.cat([tx, ty]), masks, kernel, bandwidth, bandwidth_scale, seed, unbiased)
+    z = torch.cat([tx, ty])
+    stats, _, _ = _mmd2_columns(z, masks, kernel, bandwidth, bandwidth_scale, seed, unbiased)
     return float(stats[0])
 
 
@@ -201,7 +202,8 @@ def _resolve_sigma(
         sub = full[idx][:, idx] if full is not None else _pairwise_rows(kind, z[idx], 0, idx.numel())
     sigma = median_of_pairs(zs, sub, kind) * scale
     if not sigma > 0:
-        raise ValueError("the median pooled distance is 0 (most rows of x and y coincide); pass a float bandwidth")
+        raise ValueError("the median pooled distance is 0 (most rows of x and y coincide); "
+                         "pass a float bandwidth")
     return sigma
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def embed_keys(keys: torch.Tensor, is_image: torch.Tensor, sample: torch.Tensor, *, n_points: int, pca_dim: int,
@@ -28,7 +32,7 @@ def embed_keys(keys: torch.Tensor, is_image: torch.Tensor, sample: torch.Tensor,
         idx = np.flatnonzero(image_np == modality)
         chosen.append(idx if len(idx) <= n_points // 2 else rng.choice(idx, n_points // 2, replace=False))
     idx = np.sort(np.concatenate(chosen))
-    points = keys[torch.from_numpy(idx)].double().numpy()
+    points = keys[idx].double().numpy()
     # One thread: for a few hundred points OpenMP threads gain little, and when another process holds a
     # core they spin-wait, which made t-SNE 6x slower on a 2-core machine.
     with threadpool_limits(limits=1):

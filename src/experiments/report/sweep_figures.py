@@ -1,0 +1,119 @@
+"""The sweep's two figures, in the paper's layout, each written as PNG and PDF.
+
+Figure 1 (`tsne_grid`): one row per model, one column per benchmark x layer (the paper's 2 x 6 grid for
+2 models, 2 benchmarks, 3 layers), tokens coloured by modality, from the jobs' `embedding.parquet`.
+Figure 2 (`comparison_boxplots`): one panel per metric (and kernel); per model, the image_vs_text values
+beside the image_vs_image and text_vs_text controls, pooled over layers, benchmarks and splits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.atomic import atomic_write
+from experiments.report.figures import COMPARISON_ORDER, PALETTE
+
+LAYER_ORDER = ["early", "middle", "late"]
+MAX_PANELS_PER_ROW = 3  # Figure 2 wraps, e.g. the six kernels of a kernel ablation in 2 rows
+COMPARISON_COLOURS = {"image_vs_text": "#7570b3", "image_vs_image": PALETTE["image"], "text_vs_text": PALETTE["text"]}
+
+
+def tsne_grid(embedding: pd.DataFrame, stem: Path, title: str) -> list[Path]:
+    """Rows = models, columns = benchmark x layer; returns the PNG and PDF paths.
+
+    Args:
+        embedding: Rows x, y, modality, model, benchmark, layer (one job's points per model/benchmark/layer).
+        stem: Output path without suffix.
+        title: Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted(embedding["model"].unique())
+    columns = sorted(set(zip(embedding["benchmark"], embedding["layer"], strict=True)),
+                     key=lambda c: (c[0], _layer_key(c[1])))
+    fig, axes = plt.subplots(len(models), len(columns), squeeze=False,
+                             figsize=(max(2.6 * len(columns), 4.5), 2.6 * len(models) + 1.2))
+    for row, model in enumerate(models):
+        for col, (benchmark, layer) in enumerate(columns):
+            ax = axes[row, col]
+            data = embedding[(embedding["model"] == model) & (embedding["benchmark"] == benchmark)
+                             & (embedding["layer"] == layer)]
+            for modality, colour in PALETTE.items():
+                part = data[data["modality"] == modality]
+                ax.scatter(part["x"], part["y"], s=4, alpha=0.7, color=colour, linewidths=0, label=modality)
+            if data.empty:
+                ax.text(0.5, 0.5, "no job", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"{benchmark} · {layer}", fontsize=10)
+            if col == 0:
+                ax.set_ylabel(model, fontsize=10)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=m) for m, c in PALETTE.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
+    fig.suptitle(f"t-SNE of attention keys\n{title}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save_both(fig, stem)
+
+
+def comparison_boxplots(results: pd.DataFrame, stem: Path, title: str) -> list[Path]:
+    """One panel per (metric, kernel), 3 per row: model on x, the three comparisons side by side; PNG and PDF paths.
+
+    Args:
+        results: Result rows of the completed jobs (columns model, comparison, metric, kernel, value).
+        stem: Output path without suffix.
+        title: Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    panels = list(dict.fromkeys(zip(results["metric"], results["kernel"], strict=True)))
+    models = sorted(results["model"].unique())
+    n_cols = min(len(panels), MAX_PANELS_PER_ROW)
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
+                             figsize=(max(4.0, 1.6 * len(models) + 2.0) * n_cols, 4.0 * n_rows + 0.6))
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for number, (ax, (metric, kernel)) in enumerate(zip(axes.flat, panels, strict=False)):
+        data = results[(results["metric"] == metric) & (results["kernel"] == kernel)]
+        options = dict(data=data, x="model", y="value", hue="comparison", order=models, hue_order=COMPARISON_ORDER,
+                       palette=COMPARISON_COLOURS, ax=ax)
+        sns.boxplot(**options, showfliers=False, boxprops={"alpha": 0.45})
+        sns.stripplot(**options, dodge=True, size=3, alpha=0.8, legend=False)
+        ax.axhline(0.0, color="grey", linewidth=0.6, zorder=0)
+        ax.set_title(metric if kernel == "none" else f"{metric} ({kernel} kernel)")
+        ax.set_xlabel("")
+        ax.set_ylabel("value (pooled over layers, benchmarks, splits)", fontsize=8)
+        if number == 0:
+            ax.legend(title="", fontsize=8)
+        else:
+            ax.get_legend().remove()
+    fig.suptitle(f"Cross-modal vs intra-modal key distance\n{title}", fontsize=10)
+    fig.tight_layout()
+    return _save_both(fig, stem)
+
+
+def _layer_key(layer: str) -> tuple[int, int | str]:
+    """early < middle < late < explicit indices in numeric order."""
+    if layer in LAYER_ORDER:
+        return 0, LAYER_ORDER.index(layer)
+    return (1, int(layer)) if layer.lstrip("-").isdigit() else (2, layer)
+
+
+def _save_both(fig, stem: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for path in paths:
+        atomic_write(path, lambda tmp, fmt=path.suffix[1:]: fig.savefig(tmp, dpi=150, format=fmt))
+    plt.close(fig)
+    return paths

@@ -14,10 +14,7 @@ PALETTE = {"image": "#d95f02", "text": "#1b9e77"}
 
 def boxplot_figure(results: pd.DataFrame, path: Path, title: str) -> None:
     """Comparison on x, value on y, one panel per metric; one point per (layer, split)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import seaborn as sns
 
     metrics = list(dict.fromkeys(results["metric"]))
@@ -36,15 +33,12 @@ def boxplot_figure(results: pd.DataFrame, path: Path, title: str) -> None:
         ax.legend(title="layer", fontsize=8, title_fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def tsne_figure(embedding: pd.DataFrame, path: Path, title: str) -> None:
     """One panel per layer, points coloured by modality."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = list(dict.fromkeys(embedding["layer"]))
     fig, axes = plt.subplots(1, len(layers), figsize=(3.8 * len(layers), 3.8), squeeze=False)
@@ -59,11 +53,20 @@ def tsne_figure(embedding: pd.DataFrame, path: Path, title: str) -> None:
         ax.legend(fontsize=8, markerscale=2)
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> None:
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (jobs run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write `fig` atomically in the format of `path`'s suffix, then free it."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, format=path.suffix.lstrip(".")))
-    plt.close(fig)
+    pyplot().close(fig)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.atomic import atomic_write
-from experiments.report.figures import COMPARISON_ORDER, PALETTE
+from experiments.report.figures import COMPARISON_ORDER, PALETTE, pyplot
 
 LAYER_ORDER = ["early", "middle", "late"]
 MAX_PANELS_PER_ROW = 3  # Figure 2 wraps, e.g. the six kernels of a kernel ablation in 2 rows
@@ -28,10 +28,7 @@ def tsne_grid(embedding: pd.DataFrame, stem: Path, title: str) -> list[Path]:
         stem: Output path without suffix.
         title: Figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     models = sorted(embedding["model"].unique())
     columns = sorted(set(zip(embedding["benchmark"], embedding["layer"], strict=True)),
@@ -69,10 +66,7 @@ def comparison_boxplots(results: pd.DataFrame, stem: Path, title: str) -> list[P
         stem: Output path without suffix.
         title: Figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import seaborn as sns
 
     panels = list(dict.fromkeys(zip(results["metric"], results["kernel"], strict=True)))
@@ -110,10 +104,8 @@ def _layer_key(layer: str) -> tuple[int, int | str]:
 
 
 def _save_both(fig, stem: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for path in paths:
         atomic_write(path, lambda tmp, fmt=path.suffix[1:]: fig.savefig(tmp, dpi=150, format=fmt))
-    plt.close(fig)
+    pyplot().close(fig)
     return paths

@@ -92,7 +92,7 @@ def no_slurm_env(monkeypatch):
 def test_slurm_defaults_one_gpu_per_job(no_slurm_env, tmp_path):
     executor = _launch(no_slurm_env, tmp_path, ["hydra/launcher=slurm"], n_jobs=20)
     assert executor.cluster == "slurm"
-    assert executor.init_kwargs == {"slurm_max_num_timeout": 0}  # no requeue until resume is tested
+    assert executor.init_kwargs == {"slurm_max_num_timeout": 3}  # requeue: resume under SLURM is tested
     assert executor.folder == f"{tmp_path / 'sweep'}/.submitit/%j"
     lines = executor.sbatch_lines()
     assert {"#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64GB", "#SBATCH --time=240",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK, HEADER = 32768, 7
@@ -44,10 +45,26 @@ def read_records(path: Path) -> list:
     return records
 
 
+def finished_records(path: Path, timeout_s: float = 60.0) -> list:
+    """The records once the run's `exit` record is on disk: `wandb.finish()` can return before W&B's
+    core process has flushed the file."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            records = read_records(path)
+        except Exception:  # a record still being written does not parse yet
+            if time.monotonic() > deadline:
+                raise
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def summary(path: Path) -> dict:
     """The run summary as logged: the last value of each key across summary records."""
     values = {}
-    for record in read_records(path):
+    for record in finished_records(path):
         if record.WhichOneof("record_type") == "summary":
             for item in record.summary.update:
                 values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
@@ -56,7 +73,7 @@ def summary(path: Path) -> dict:
 
 def group(path: Path) -> str:
     """The run's W&B group."""
-    for record in read_records(path):
+    for record in finished_records(path):
         if record.WhichOneof("record_type") == "run":
             return record.run.run_group
     raise AssertionError(f"{path} holds no run record")

@@ -65,7 +65,12 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> None:
     tick = time.time()
     results = _statistics(job, keyset, layers)
     log.info("statistics: %d values in %.1f s", len(results), time.time() - tick)
-    report.write_parquet(results, out / "results.parquet", {"skipped_samples": skipped,
+    counts = torch.tensor(list(keyset.token_counts.values()), dtype=torch.float64)  # [samples, 2]
+    tokens = {"image_tokens_per_sample": {"mean": float(counts[:, 0].mean()), "min": int(counts[:, 0].min()),
+                                          "max": int(counts[:, 0].max())},
+              "text_tokens_per_sample": {"mean": float(counts[:, 1].mean()), "min": int(counts[:, 1].min()),
+                                         "max": int(counts[:, 1].max())}}
+    report.write_parquet(results, out / "results.parquet", {"skipped_samples": skipped, **tokens,
                                                             "n_samples_used": len(keyset.sample_ids)})
     tick = time.time()
     embedding = _embedding(job, keyset, layers)
@@ -77,7 +82,9 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> None:
     report.tsne_figure(embedding, figures[1], title)
 
     n_kept = len(keyset.sample_ids)
-    header = (f"keyspace: {title}: {n_kept} samples ({len(skipped)} skipped), "
+    image, text = tokens["image_tokens_per_sample"], tokens["text_tokens_per_sample"]
+    header = (f"keyspace: {title}: {n_kept} samples ({len(skipped)} skipped); per sample "
+              f"{image['mean']:.0f} image tokens ({image['min']}-{image['max']}) and {text['mean']:.0f} text tokens; "
               f"{int(keyset.is_image.sum())} image / {int((~keyset.is_image).sum())} text tokens cached; "
               f"{job.analysis.n_splits} splits\nresults: {out / 'results.parquet'}  figures: {out / 'figures'}")
     summary = report.summary_text(results, header)

@@ -104,8 +104,8 @@ def test_image_mask_counts_processor_tokens(tiny):
     for record, sample in zip(kept, samples, strict=True):
         inputs = tiny.adapter.model_inputs(tiny.processor, [sample])
         expected = _expected_image_tokens(tiny, inputs)
-        assert int(record.is_image.sum()) == expected
-        assert int((~record.is_image).sum()) == len(record.position) - expected
+        assert int(record.is_image.sum()) == expected == record.n_image_tokens
+        assert int((~record.is_image).sum()) == len(record.position) - expected == record.n_text_tokens
 
 
 def test_token_cap_is_per_modality_and_seeded(tiny):

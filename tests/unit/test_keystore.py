@@ -15,7 +15,8 @@ def _record(number: int, tokens: int) -> SampleKeys:
     g = torch.Generator().manual_seed(number)
     return SampleKeys(number=number, sample_id=f"s{number}",
                       keys={i: torch.randn(tokens, 8, generator=g) for i in (0, 2)},
-                      is_image=torch.arange(tokens) < 3, position=torch.arange(tokens))
+                      is_image=torch.arange(tokens) < 3, position=torch.arange(tokens),
+                      n_image_tokens=3, n_text_tokens=tokens - 3 + number)
 
 
 def test_round_trip_and_resume(tmp_path):
@@ -32,6 +33,7 @@ def test_round_trip_and_resume(tmp_path):
         assert torch.equal(keys.keys[layer], torch.cat([r.keys[layer] for r in records]))
     assert keys.sample.tolist() == [0] * 5 + [1] * 6 + [2] * 7
     assert keys.sample_ids == {0: "s0", 1: "s1", 2: "s2"} and keys.skipped[0]["sample_id"] == "s9"
+    assert keys.token_counts == {0: (3, 2), 1: (3, 4), 2: (3, 6)}
 
 
 def test_descriptor_changes_the_entry(tmp_path):

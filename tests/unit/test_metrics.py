@@ -17,6 +17,8 @@ from scipy.stats import energy_distance as scipy_energy
 
 from experiments.metrics import KERNELS, jsd, make_kernel, mmd2, mmd_test
 from experiments.metrics import mmd as mmd_module
+from experiments.metrics.bandwidth import median_of_pairs
+from experiments.metrics.kernels import sq_euclidean
 
 KERNEL_NAMES = sorted(KERNELS)
 BANDWIDTH_KERNELS = ["imq", "laplacian", "rbf"]
@@ -305,3 +307,18 @@ def test_cpu_and_gpu_agree(kernel: str) -> None:
     assert gpu.statistic == pytest.approx(cpu.statistic, rel=1e-5)
     assert gpu.p_value == cpu.p_value
     assert jsd(x, y, device="cuda") == pytest.approx(jsd(x, y), rel=1e-5)
+
+
+def test_median_survives_asymmetric_round_off_in_the_distance_matrix() -> None:
+    # 9 points: 36 pairs (even), so σ averages the two middle pairs, read at ranks m + 2r of the full
+    # matrix. Nudge the mirror entry of the lower middle pair by one float32 ulp, as GEMM round-off can:
+    # σ must still be numpy's median (the larger mirror keeps rank m + 2r).
+    z = torch.from_numpy(np.random.default_rng(6).normal(size=(9, 3)).astype(np.float32))
+    p = sq_euclidean(z, z).fill_diagonal_(0.0)
+    p = torch.minimum(p, p.T)
+    upper = p[torch.ones(9, 9, dtype=torch.bool).triu(1)]
+    lower_middle = upper.kthvalue(18).values
+    i, j = (torch.triu(p == lower_middle, diagonal=1)).nonzero()[0].tolist()
+    p[j, i] = torch.nextafter(p[j, i], torch.tensor(np.inf))
+    want = float(np.median(pdist(z.double().numpy())))
+    assert median_of_pairs(z, p, KERNELS["rbf"]) == pytest.approx(want, rel=1e-12)

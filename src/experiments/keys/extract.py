@@ -38,6 +38,7 @@ class SampleKeys:
         keys: layer index -> [tokens, kv_heads*head_dim].
         is_image: [tokens] True at image-token positions.
         position: [tokens] position of each token in the sample's own (unpadded) sequence.
+        n_image_tokens, n_text_tokens: the sample's token counts before the per-sample cap.
     """
 
     number: int
@@ -45,24 +46,27 @@ class SampleKeys:
     keys: dict[int, torch.Tensor]
     is_image: torch.Tensor
     position: torch.Tensor
+    n_image_tokens: int
+    n_text_tokens: int
 
 
 @dataclass
 class _Staged:
     """A batch whose kept keys are (possibly still) being copied to the host."""
 
-    rows: list[tuple[int, str, torch.Tensor, torch.Tensor]]  # number, sample id, is_image, position
+    rows: list[tuple[int, str, torch.Tensor, torch.Tensor, int, int]]  # number, id, is_image, position, counts
     keys: dict[int, torch.Tensor]  # layer -> [kept tokens of the whole batch, dim], host memory
     done: Any  # CUDA event, or None when the copy was synchronous
 
     def finish(self) -> list[SampleKeys]:
         if self.done is not None:
             self.done.synchronize()
-        sizes = [len(position) for *_, position in self.rows]
+        sizes = [len(row[3]) for row in self.rows]
         split = {layer: keys.split(sizes) for layer, keys in self.keys.items()}
         return [SampleKeys(number=number, sample_id=sample_id, is_image=is_image, position=position,
-                           keys={layer: parts[i] for layer, parts in split.items()})
-                for i, (number, sample_id, is_image, position) in enumerate(self.rows)]
+                           keys={layer: parts[i] for layer, parts in split.items()},
+                           n_image_tokens=n_image, n_text_tokens=n_text)
+                for i, (number, sample_id, is_image, position, n_image, n_text) in enumerate(self.rows)]
 
 
 def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers: list[int], site: str,
@@ -103,7 +107,8 @@ def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers:
                     continue
                 positions = _kept_positions(is_image[real[row]], max_tokens_per_sample, seed, number)
                 where = real[row].nonzero().squeeze(1)[positions]
-                rows.append((number, sample.id, is_image[where], positions))
+                n_image = int(is_image[real[row]].sum())
+                rows.append((number, sample.id, is_image[where], positions, n_image, int(real[row].sum()) - n_image))
                 flat_rows.append(torch.full_like(where, row))
                 flat_positions.append(where)
             staged = _stage(captured, layers, site, rows, flat_rows, flat_positions, device)

@@ -43,7 +43,8 @@ def median_of_pairs(z: torch.Tensor, p: torch.Tensor, kernel: type[Kernel]) -> f
 
     Args:
         z: The rows the median is taken over, `[m, d]`, m ≥ 2.
-        p: `kernel.pairwise(z, z)`, symmetric with an exactly zero diagonal, `[m, m]`.
+        p: `kernel.pairwise(z, z)` with an exactly zero diagonal, `[m, m]`, symmetric up to float32
+            round-off: if a pair's two entries differ, the larger still sits at rank m + 2r.
         kernel: The kernel class; `kernel.to_distance` maps `pairwise` output to distances.
 
     Returns:

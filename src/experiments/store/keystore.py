@@ -55,6 +55,7 @@ class KeySet:
         is_image: [tokens] True for image tokens.
         sample: [tokens] number (benchmark order) of the sample each token belongs to.
         sample_ids: number -> the benchmark's sample id.
+        token_counts: number -> (image tokens, text tokens) of the sample before the per-sample cap.
         skipped: samples dropped at extraction, as {"sample_id", "reason"}.
     """
 
@@ -62,6 +63,7 @@ class KeySet:
     is_image: torch.Tensor
     sample: torch.Tensor
     sample_ids: dict[int, str]
+    token_counts: dict[int, tuple[int, int]]
     skipped: list[dict[str, str]]
 
 
@@ -111,6 +113,7 @@ class KeyStore:
             **{f"layers.{i}.keys": _cat([r.keys[i] for r in records], None) for i in layers},
         }
         metadata = {"sample_ids": json.dumps({r.number: r.sample_id for r in records}),
+                    "token_counts": json.dumps({r.number: [r.n_image_tokens, r.n_text_tokens] for r in records}),
                     "skipped": json.dumps(skipped)}
         atomic_write(self._shard_path(shard), lambda p: save_file(tensors, p, metadata=metadata))
 
@@ -122,11 +125,13 @@ class KeyStore:
             raise FileNotFoundError(f"key cache {self.dir} lacks shards {missing}; rerun the job to extract them")
         parts: dict[str, list[torch.Tensor]] = {}
         sample_ids: dict[int, str] = {}
+        token_counts: dict[int, tuple[int, int]] = {}
         skipped: list[dict[str, str]] = []
         for k in range(self.n_shards):
             with safe_open(str(self._shard_path(k)), framework="pt") as f:
                 meta = f.metadata()
                 sample_ids.update({int(n): s for n, s in json.loads(meta["sample_ids"]).items()})
+                token_counts.update({int(n): (c[0], c[1]) for n, c in json.loads(meta["token_counts"]).items()})
                 skipped += json.loads(meta["skipped"])
                 for name in f.keys():
                     parts.setdefault(name, []).append(f.get_tensor(name))
@@ -135,7 +140,8 @@ class KeyStore:
                              f"{skipped[0]['reason'] if skipped else 'none'}")
         cat = {name: torch.cat(ts) for name, ts in parts.items()}
         return KeySet(keys={i: cat[f"layers.{i}.keys"] for i in self.descriptor["layers"]},
-                      is_image=cat["is_image"], sample=cat["sample"], sample_ids=sample_ids, skipped=skipped)
+                      is_image=cat["is_image"], sample=cat["sample"], sample_ids=sample_ids,
+                      token_counts=token_counts, skipped=skipped)
 
     def _shard_path(self, shard: int) -> Path:
         return self.dir / f"shard-{shard:05d}.safetensors"

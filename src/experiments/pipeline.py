@@ -7,10 +7,12 @@ job succeeds or fails (then re-raises, so SLURM sees the failure).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -62,28 +64,28 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> None:
     keyset = _cached_keys(job, samples, [s.index for s in layers])
 
     skipped = data.skipped + keyset.skipped
-    tick = time.time()
-    results = _statistics(job, keyset, layers)
-    log.info("statistics: %d values in %.1f s", len(results), time.time() - tick)
-    counts = torch.tensor(list(keyset.token_counts.values()), dtype=torch.float64)  # [samples, 2]
-    tokens = {"image_tokens_per_sample": {"mean": float(counts[:, 0].mean()), "min": int(counts[:, 0].min()),
-                                          "max": int(counts[:, 0].max())},
-              "text_tokens_per_sample": {"mean": float(counts[:, 1].mean()), "min": int(counts[:, 1].min()),
-                                         "max": int(counts[:, 1].max())}}
-    report.write_parquet(results, out / "results.parquet", {"skipped_samples": skipped, **tokens,
-                                                            "n_samples_used": len(keyset.sample_ids)})
-    tick = time.time()
-    embedding = _embedding(job, keyset, layers)
-    log.info("t-SNE of %d points in %.1f s", len(embedding), time.time() - tick)
-    report.write_parquet(embedding, out / "embedding.parquet")
+    stamp = _analysis_stamp(job, layers)
+    results = _reuse(out / "results.parquet", stamp)
+    if results is None:
+        tick = time.time()
+        results = _statistics(job, keyset, layers)
+        log.info("statistics: %d values in %.1f s", len(results), time.time() - tick)
+        report.write_parquet(results, out / "results.parquet", {"stamp": stamp, "skipped_samples": skipped,
+                                                                "n_samples_used": len(keyset.sample_ids),
+                                                                **_token_stats(keyset)})
+    embedding = _reuse(out / "embedding.parquet", stamp)
+    if embedding is None:
+        tick = time.time()
+        embedding = _embedding(job, keyset, layers)
+        log.info("t-SNE of %d points in %.1f s", len(embedding), time.time() - tick)
+        report.write_parquet(embedding, out / "embedding.parquet", {"stamp": stamp})
     title = f"{job.model.name} on {job.benchmark.name} ({job.keys.site} keys)"
     figures = [out / "figures" / "boxplot.png", out / "figures" / "tsne.png"]
     report.boxplot_figure(results, figures[0], title)
     report.tsne_figure(embedding, figures[1], title)
 
-    n_kept = len(keyset.sample_ids)
-    image, text = tokens["image_tokens_per_sample"], tokens["text_tokens_per_sample"]
-    header = (f"keyspace: {title}: {n_kept} samples ({len(skipped)} skipped); per sample "
+    image, text = (_token_stats(keyset)[f"{m}_tokens_per_sample"] for m in ("image", "text"))
+    header = (f"keyspace: {title}: {len(keyset.sample_ids)} samples ({len(skipped)} skipped); per sample "
               f"{image['mean']:.0f} image tokens ({image['min']}-{image['max']}) and {text['mean']:.0f} text tokens; "
               f"{int(keyset.is_image.sum())} image / {int((~keyset.is_image).sum())} text tokens cached; "
               f"{job.analysis.n_splits} splits\nresults: {out / 'results.parquet'}  figures: {out / 'figures'}")
@@ -93,6 +95,29 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> None:
     tick = time.time()
     log_run(job.logger, out, resolved, results, figures, name=f"{job.model.name}-{job.benchmark.name}", group=group)
     log.info("tracking (%s) in %.1f s", job.logger.name, time.time() - tick)
+
+
+def _analysis_stamp(job: JobConfig, layers: list[LayerSpec]) -> str:
+    """Hash of everything the tables depend on: a rerun (requeue) reuses tables with the same stamp."""
+    inputs = {"keys": cache_descriptor(job, [s.index for s in layers]), "labels": [s.label for s in layers],
+              **{name: asdict(getattr(job, name)) for name in ("analysis", "metric", "kernel", "report")}}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _reuse(path: Path, stamp: str) -> pd.DataFrame | None:
+    """The table at `path` if an earlier attempt of this job wrote it with the same stamp."""
+    if path.exists() and report.read_metadata(path).get("stamp") == stamp:
+        log.info("%s already written by an earlier attempt: reused", path.name)
+        return pd.read_parquet(path)
+    return None
+
+
+def _token_stats(keyset: KeySet) -> dict[str, dict[str, float]]:
+    """Mean, min and max image and text tokens per sample (before the per-sample cap)."""
+    counts = torch.tensor(list(keyset.token_counts.values()), dtype=torch.float64)  # [samples, 2]
+    return {f"{name}_tokens_per_sample": {"mean": float(column.mean()), "min": int(column.min()),
+                                         "max": int(column.max())}
+            for name, column in (("image", counts[:, 0]), ("text", counts[:, 1]))}
 
 
 def _validate(job: JobConfig) -> None:

@@ -136,3 +136,19 @@ def test_wandb_failure_loses_no_result(tmp_path, cache_dir, monkeypatch, caplog)
     assert "W&B logging failed" in caplog.text
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
     assert len(pd.read_parquet(tmp_path / "results.parquet")) == 3 * 2
+
+
+def test_rerun_in_the_same_dir_reuses_tables_with_the_same_stamp(tmp_path, cache_dir, caplog, monkeypatch):
+    """A requeued job (same output dir, same config) skips the statistics; a changed analysis recomputes."""
+    import experiments.pipeline as pipeline
+
+    cfg = _cfg(cache_dir, ["layer=late", "metric=jsd", "logger=none"])
+    run(cfg, tmp_path)
+    first = pd.read_parquet(tmp_path / "results.parquet")
+    monkeypatch.setattr(pipeline, "_statistics", lambda *a: pytest.fail("statistics recomputed"))
+    with caplog.at_level(logging.INFO):
+        run(cfg, tmp_path)
+    assert "results.parquet already written by an earlier attempt: reused" in caplog.text
+    monkeypatch.undo()
+    run(_cfg(cache_dir, ["layer=late", "metric=jsd", "logger=none", "analysis.n_splits=3"]), tmp_path)
+    assert len(pd.read_parquet(tmp_path / "results.parquet")) == len(first) * 3 // 2

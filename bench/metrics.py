@@ -4,8 +4,8 @@ Peers are never keyspace dependencies. Install them in a separate virtual enviro
 the system torch (check with --dry-run first that pip does not replace torch):
 
     python3 -m venv /work/benchvenv --system-site-packages
-    /work/benchvenv/bin/pip install --dry-run alibi-detect hyppo   # must not list torch
-    /work/benchvenv/bin/pip install alibi-detect hyppo
+    /work/benchvenv/bin/pip install --dry-run -e ".[bench]"   # must not list torch
+    /work/benchvenv/bin/pip install -e ".[bench]"
     PYTHONPATH=src /work/benchvenv/bin/python bench/metrics.py --quick
 
 A peer that cannot be imported is skipped with the reason printed. In one process, on identical data

@@ -30,6 +30,7 @@ import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -116,7 +117,7 @@ def find_jobs(sweep: Path) -> list[Job]:
         overrides_path = hydra_dir / "overrides.yaml"
         overrides = [str(o) for o in OmegaConf.load(overrides_path)] if overrides_path.exists() else []
         job = Job(dir=job_dir, num=num, overrides=overrides, status="incomplete",
-                  config=OmegaConf.to_container(OmegaConf.load(config_path), resolve=False))
+                  config=cast(dict, OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)))
         status_path = job_dir / "status.json"
         status = json.loads(status_path.read_text()) if status_path.exists() else {}
         if status.get("status") == "failed":

@@ -14,6 +14,7 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 import torch
@@ -42,7 +43,7 @@ def run(cfg: DictConfig, output_dir: str | Path, group: str | None = None) -> No
     started = time.time()
     try:
         job: JobConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))
         _run(job, out, resolved, group)
     except BaseException as error:
         log.exception("job failed after %.1f s (output dir %s)", time.time() - started, out)

@@ -33,7 +33,7 @@ def log_run(cfg: LoggerConfig, output_dir: Path, config: dict[str, Any], results
         import wandb
 
         run = wandb.init(project=cfg.project, entity=cfg.entity, dir=str(output_dir), name=name, group=group,
-                         config=config, mode=os.environ.get("WANDB_MODE", cfg.mode))
+                         config=config, mode=os.environ.get("WANDB_MODE", cfg.mode))  # type: ignore[arg-type]
         try:
             means = results.groupby(["metric", "comparison", "layer"])["value"].mean()
             run.summary.update({f"{m}/{c}/{layer}": float(v) for (m, c, layer), v in means.items()})

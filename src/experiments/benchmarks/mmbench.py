@@ -131,7 +131,7 @@ def _sample(row: Mapping[str, object], images: Mapping[int, object],
     hint = None if is_missing(row.get("hint")) else str(row["hint"])
     options = {letter: str(row[letter]) for letter in OPTION_LETTERS if not is_missing(row.get(letter))}
     answer = row.get("answer")
-    meta = {"index": index, "question_index": index % CIRCULAR_OFFSET}
+    meta: dict[str, int | str | None] = {"index": index, "question_index": index % CIRCULAR_OFFSET}
     meta |= {key: None if is_missing(row.get(column)) else str(row[column])
              for key, column in (("category", "category"), ("l2_category", "l2-category"),
                                  ("source", "source"), ("split", "split"))}

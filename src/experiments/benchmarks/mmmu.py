@@ -145,7 +145,8 @@ def _sample(row: Mapping[str, object], style: Callable[[str, list[str], bool], s
     named = sorted({int(k) for k in PLACEHOLDER.findall(text)} - set(images))
     if named:
         raise SkipRow(f"the text names <image {named[0]}> but image_{named[0]} is empty")
-    parts = _interleaved(text, images) if interleave else (*(images[k] for k in sorted(images)), text)
+    parts: tuple[str | Image.Image, ...] = (
+        _interleaved(text, images) if interleave else (*(images[k] for k in sorted(images)), text))
     answer = str(row["answer"]).strip()
     meta = {key: row.get(key) for key in ("subject", "subfield", "question_type", "topic_difficulty", "img_type")}
     meta |= {"split": split, "n_images": sum(isinstance(p, Image.Image) for p in parts)}

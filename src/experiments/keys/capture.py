@@ -66,6 +66,7 @@ class KeyCapture:
         if self.site == "post_rope":
             for i in self.layers:
                 keys = cache.layers[i].keys  # [B, kv_heads, S, head_dim]
+                assert keys is not None, f"layer {i} ran but left no keys in the cache"
                 self._store(f"layers.{i}.k_post", keys.transpose(1, 2).flatten(2))
         return self.keys
 

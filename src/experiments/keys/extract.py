@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -83,8 +83,9 @@ def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers:
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     image_token = adapter.image_token_id(model)
     batches = _buckets(samples, batch_size)
-    loader = DataLoader(batches, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
-                        collate_fn=partial(_prepare, adapter, loaded.processor))
+    loader: DataLoader[Any] = DataLoader(
+        cast(Any, batches), batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
+        collate_fn=partial(_prepare, adapter, loaded.processor))
     kept: list[SampleKeys] = []
     skipped: list[dict[str, str]] = []
     pending: _Staged | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ MetricFn = Callable[..., tuple[float, float]]
 
 
 def _mmd2(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, device: str) -> tuple[float, float]:
-    options = dict(kernel=kernel.name, bandwidth=parse_bandwidth(kernel.bandwidth),
+    options: dict[str, Any] = dict(kernel=kernel.name, bandwidth=parse_bandwidth(kernel.bandwidth),
                    bandwidth_scale=kernel.bandwidth_scale, unbiased=metric.unbiased, seed=seed, device=device)
     if metric.n_permutations == 0:
         return mmd2(x, y, **options), math.nan

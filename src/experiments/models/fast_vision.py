@@ -26,6 +26,7 @@ def grouped_window_attention(self: Any, hidden_states: torch.Tensor, cu_seqlens:
 
     n = hidden_states.shape[0]
     q, k, v = self.qkv(hidden_states).reshape(n, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    assert position_embeddings is not None, "the vision tower always passes its rotary (cos, sin)"
     cos, sin = position_embeddings
     q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # [patches, heads, head_dim]
     out = torch.empty_like(q)

@@ -26,7 +26,7 @@ PATCH = 14
 
 def offline_processor(image_size: int = 336) -> Any:
     """LlavaProcessor as llava-1.5 ships it: CLIP resize + centre crop to `image_size`, offline tokenizer."""
-    from transformers import CLIPImageProcessorPil, LlavaProcessor
+    from transformers import CLIPImageProcessorPil, LlavaProcessor  # type: ignore[attr-defined]  # lazy export
 
     return LlavaProcessor(
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": image_size},

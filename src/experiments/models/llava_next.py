@@ -24,7 +24,10 @@ from experiments.models.offline import LLAVA_CHAT_TEMPLATE, llama_tokenizer
 
 def offline_processor(image_size: int = 336, grid_pinpoints: list[list[int]] | None = None) -> Any:
     """LlavaNextProcessor with CLIP preprocessing at `image_size` and anyres tiling on `grid_pinpoints`."""
-    from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
+    from transformers import (  # type: ignore[attr-defined]  # lazy export
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
 
     pinpoints = grid_pinpoints or [[image_size, image_size * 2], [image_size * 2, image_size],
                                    [image_size * 2, image_size * 2]]

@@ -25,7 +25,7 @@ from experiments.models.offline import QWEN_CHAT_TEMPLATE, QWEN_SPECIALS, qwen_t
 
 
 @cache
-def image_only_processor_class() -> type:
+def image_only_processor_class() -> Any:
     """`Qwen2_5_VLProcessor` without its video processor.
 
     The video processor needs torchvision, which keyspace does not require. ProcessorMixin takes
@@ -55,7 +55,7 @@ def load_processor(path: str, revision: str | None, min_pixels: int | None = Non
 
 def offline_processor(min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280) -> Any:
     """Qwen2.5-VL preprocessing (patch 14, 2x2 merge, temporal patch 2) with the offline tokenizer."""
-    from transformers import Qwen2VLImageProcessorPil
+    from transformers import Qwen2VLImageProcessorPil  # type: ignore[attr-defined]  # lazy export
 
     image_processor = Qwen2VLImageProcessorPil(**pixel_bounds(min_pixels, max_pixels), patch_size=14,
                                                temporal_patch_size=2, merge_size=2)

@@ -8,6 +8,7 @@ beside the image_vs_image and text_vs_text controls, pooled over layers, benchma
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -106,6 +107,11 @@ def _layer_key(layer: str) -> tuple[int, int | str]:
 def _save_both(fig, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for path in paths:
-        atomic_write(path, lambda tmp, fmt=path.suffix[1:]: fig.savefig(tmp, dpi=150, format=fmt))
+        save = partial(_savefig, fig, fmt=path.suffix[1:])
+        atomic_write(path, save)
     pyplot().close(fig)
     return paths
+
+
+def _savefig(fig, tmp: str, fmt: str) -> None:
+    fig.savefig(tmp, dpi=150, format=fmt)

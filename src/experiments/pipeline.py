@@ -29,7 +29,7 @@ from experiments.keys.extract import extract_keys
 from experiments.keys.layers import LayerSpec, resolve_layers
 from experiments.metrics.kernels import kernel_class
 from experiments.metrics.splits import check_metric_names, compare_modalities, parse_bandwidth
-from experiments.models import check_model_config, decoder_depth, load_model, resolve_device
+from experiments.models import DTYPES, check_model_config, decoder_depth, load_model, resolve_device
 from experiments.store import KeySet, KeyStore, cache_descriptor
 from experiments.tracking import check_logger, log_run
 
@@ -65,6 +65,7 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> None:
     keyset = _cached_keys(job, samples, [s.index for s in layers])
 
     skipped = data.skipped + keyset.skipped
+    tokens = _token_stats(keyset)
     stamp = _analysis_stamp(job, layers)
     results = _reuse(out / "results.parquet", stamp)
     if results is None:
@@ -73,7 +74,7 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> None:
         log.info("statistics: %d values in %.1f s", len(results), time.time() - tick)
         report.write_parquet(results, out / "results.parquet", {"stamp": stamp, "skipped_samples": skipped,
                                                                 "n_samples_used": len(keyset.sample_ids),
-                                                                **_token_stats(keyset)})
+                                                                **tokens})
     embedding = _reuse(out / "embedding.parquet", stamp)
     if embedding is None:
         tick = time.time()
@@ -85,7 +86,7 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> None:
     report.boxplot_figure(results, figures[0], title)
     report.tsne_figure(embedding, figures[1], title)
 
-    image, text = (_token_stats(keyset)[f"{m}_tokens_per_sample"] for m in ("image", "text"))
+    image, text = tokens["image_tokens_per_sample"], tokens["text_tokens_per_sample"]
     header = (f"keyspace: {title}: {len(keyset.sample_ids)} samples ({len(skipped)} skipped); per sample "
               f"{image['mean']:.0f} image tokens ({image['min']}-{image['max']}) and {text['mean']:.0f} text tokens; "
               f"{int(keyset.is_image.sum())} image / {int((~keyset.is_image).sum())} text tokens cached; "
@@ -128,8 +129,8 @@ def _validate(job: JobConfig) -> None:
     kernel_class(job.kernel.name)
     parse_bandwidth(job.kernel.bandwidth)
     check_logger(job.logger)
-    if job.keys.store_dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"keys.store_dtype={job.keys.store_dtype!r}: use float32, bfloat16 or float16")
+    if job.keys.store_dtype not in DTYPES:
+        raise ValueError(f"keys.store_dtype={job.keys.store_dtype!r}: use one of {list(DTYPES)}")
 
 
 def _cached_keys(job: JobConfig, samples: list, layers: list[int]) -> KeySet:

@@ -80,7 +80,7 @@ def baseline(loaded, samples, layer: int) -> tuple[float, list[torch.Tensor], in
     keys, tokens = [], 0
     start = time.perf_counter()
     for _, sample in samples:
-        inputs = adapter.model_inputs(loaded.processor, [sample]).to(device)
+        inputs = adapter.model_inputs(loaded.processor, [sample.decoded()]).to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         with torch.inference_mode():
             out = model(**inputs, use_cache=True)

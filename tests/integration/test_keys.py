@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
 from experiments.benchmarks import load_samples
-from experiments.benchmarks.sample import Sample
+from experiments.benchmarks.sample import LazyImage, Sample
 from experiments.config import BenchmarkConfig
 from experiments.keys.capture import KeyCapture, key_name
 from experiments.keys.extract import extract_keys
@@ -26,7 +28,7 @@ def _solo_oracle(loaded, sample: Sample, layer: int, site: str) -> torch.Tensor:
     normalised input, taken from output_hidden_states.
     """
     model, adapter = loaded.model, loaded.adapter
-    inputs = adapter.model_inputs(loaded.processor, [sample])
+    inputs = adapter.model_inputs(loaded.processor, [sample.decoded()])
     with torch.inference_mode():
         out = model(**inputs, use_cache=True, output_hidden_states=True)
     if site == "post_rope":
@@ -44,7 +46,7 @@ def test_batched_keys_equal_solo_oracle(tiny, site):
     kept, skipped = extract_keys(tiny, list(enumerate(samples)), layers, site, batch_size=4,
                                  max_tokens_per_sample=None, seed=0, store_dtype=torch.float32)
     assert not skipped
-    lengths = [len(tiny.adapter.model_inputs(tiny.processor, [s])["input_ids"][0]) for s in samples]
+    lengths = [len(tiny.adapter.model_inputs(tiny.processor, [s.decoded()])["input_ids"][0]) for s in samples]
     assert len(set(lengths)) > 1, "the batch must contain padding for this test to mean anything"
     for record, sample, length in zip(kept, samples, lengths, strict=True):
         assert len(record.position) == length  # every real token, no padding
@@ -64,7 +66,7 @@ def test_post_rope_differs_from_pre_rope(tiny):
 @pytest.mark.parametrize("site", SITES)
 def test_early_exit_equals_full_forward(tiny, site):
     """Stopping after layer 1 gives bit-identical keys to capturing all layers; lm_head never runs."""
-    inputs = tiny.adapter.model_inputs(tiny.processor, _samples(2))
+    inputs = tiny.adapter.model_inputs(tiny.processor, [s.decoded() for s in _samples(2)])
     decoder = tiny.adapter.layers(tiny.model)
     depth = len(decoder)
     hooks_before = [len(d._forward_hooks) + len(d.self_attn.k_proj._forward_hooks) for d in decoder]
@@ -102,7 +104,7 @@ def test_image_mask_counts_processor_tokens(tiny):
     kept, _ = extract_keys(tiny, list(enumerate(samples)), [0], "post_rope", batch_size=3,
                            max_tokens_per_sample=None, seed=0, store_dtype=torch.float32)
     for record, sample in zip(kept, samples, strict=True):
-        inputs = tiny.adapter.model_inputs(tiny.processor, [sample])
+        inputs = tiny.adapter.model_inputs(tiny.processor, [sample.decoded()])
         expected = _expected_image_tokens(tiny, inputs)
         assert int(record.is_image.sum()) == expected == record.n_image_tokens
         assert int((~record.is_image).sum()) == len(record.position) - expected == record.n_text_tokens
@@ -127,6 +129,18 @@ def test_sample_without_image_is_skipped_with_reason(tiny, caplog):
     assert "skipping sample no-image" in caplog.text
 
 
+def test_sample_whose_image_fails_to_decode_is_skipped_with_reason(tiny):
+    """Decoding happens per batch at extraction: a truncated image skips its sample, the others are kept."""
+    samples = _samples(2)
+    png = io.BytesIO()
+    samples[0].images[0].load().save(png, format="PNG")
+    truncated = Sample(id="truncated", parts=(LazyImage.from_bytes(png.getvalue()[:200]), "Describe."))
+    kept, skipped = extract_keys(tiny, [(0, samples[0]), (1, truncated), (2, samples[1])], [0], "post_rope",
+                                 batch_size=1, max_tokens_per_sample=None, seed=0, store_dtype=torch.float32)
+    assert [r.number for r in kept] == [0, 2]
+    assert [s["sample_id"] for s in skipped] == ["truncated"] and "corrupt image" in skipped[0]["reason"]
+
+
 def test_worker_processes_and_batch_size_do_not_change_keys(tiny):
     samples = list(enumerate(_samples(6)))
     inline, _ = extract_keys(tiny, samples, [1], "post_rope", 6, None, 0, torch.float32)
@@ -135,3 +149,24 @@ def test_worker_processes_and_batch_size_do_not_change_keys(tiny):
     for a, b in zip(inline, workers, strict=True):
         assert torch.equal(a.position, b.position)
         torch.testing.assert_close(b.keys[1], a.keys[1], rtol=1e-5, atol=1e-5)
+
+
+def test_device_holds_only_the_requested_layers_keys(tiny, monkeypatch):
+    """During capture, the KV cache never holds more than the running layer (no values or keys of other layers)."""
+    import transformers
+
+    most = []
+
+    class WatchedCache(transformers.DynamicCache):
+        def update(self, *args, **kwargs):
+            out = super().update(*args, **kwargs)
+            most.append(sum(layer.keys is not None or layer.values is not None for layer in self.layers))
+            return out
+
+    monkeypatch.setattr(transformers, "DynamicCache", WatchedCache)
+    samples = _samples(2)
+    layers = [1, 3]
+    with KeyCapture(tiny.model, tiny.adapter.layers(tiny.model), layers, "post_rope", torch.float32) as capture:
+        keys = capture.run(**tiny.adapter.model_inputs(tiny.processor, [s.decoded() for s in samples]))
+    assert len(most) == 4 and max(most) == 1  # layers 0..3 ran, each alone in the cache
+    assert sorted(keys) == [key_name(i, "post_rope") for i in layers]

@@ -20,7 +20,7 @@ def _rows():
     samples = load_samples(BenchmarkConfig(name="mmmu", path=str(MMMU), split="validation", limit=None)).samples
     one = next(s for s in samples if len(s.images) == 1)
     two = next(s for s in samples if len(s.images) == 2)
-    return [one, two]
+    return [one.decoded(), two.decoded()]
 
 
 def _llava_expected(sample) -> tuple[str, list[int]]:

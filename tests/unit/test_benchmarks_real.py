@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from experiments.benchmarks import load_samples
-from experiments.benchmarks.sample import BenchmarkData, Sample
+from experiments.benchmarks.sample import BenchmarkData, LazyImage, Sample
 from experiments.config import BenchmarkConfig
 
 from ..fixtures import mmbench_files as mb
@@ -33,8 +33,8 @@ def _shard_rows() -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in sorted(MMMU_ROOT.glob("*/*.parquet"))], ignore_index=True)
 
 
-def _pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image)
+def _pixels(image: Image.Image | LazyImage) -> np.ndarray:
+    return np.asarray(image.load() if isinstance(image, LazyImage) else image)
 
 
 def _layout(sample: Sample) -> list[str | int]:
@@ -68,9 +68,10 @@ def test_mmmu_reads_the_105_real_rows_with_official_answers(mmmu_val):
     for s in dev.samples + mmmu_val.samples:  # every stored image decoded, RGB, none lost or added
         stored = [shard.loc[s.id, f"image_{k}"] for k in range(1, 8) if shard.loc[s.id, f"image_{k}"] is not None]
         assert len(s.images) == s.meta["n_images"] == len(stored), s.id
-        for image, cell in zip(s.images, stored, strict=True):
+        for lazy, image, cell in zip(s.images, s.decoded().images, stored, strict=True):
             original = Image.open(io.BytesIO(cell["bytes"]))
-            assert image.mode == "RGB" and image.size == original.size
+            assert isinstance(image, Image.Image) and image.mode == "RGB"
+            assert lazy.size == image.size == original.size
             assert np.array_equal(_pixels(image), _pixels(original.convert("RGB")))
     assert sum(Image.open(io.BytesIO(c["bytes"])).mode == "RGBA" for c in shard["image_1"]) > 0  # RGBA exercised
 
@@ -105,9 +106,9 @@ def test_mmmu_two_image_question_interleaves_at_placeholders():
     stored = [Image.open(io.BytesIO(shard.loc["validation_Economics_14", f"image_{k}"]["bytes"])) for k in (1, 2)]
     inter = _by_id(load_samples(cfg))["validation_Economics_14"]
     first = _by_id(load_samples(replace(cfg, image_order="images_first")))["validation_Economics_14"]
-    assert [type(p).__name__ for p in inter.parts] == ["str", "Image", "str", "Image", "str"]
+    assert [type(p).__name__ for p in inter.parts] == ["str", "LazyImage", "str", "LazyImage", "str"]
     assert inter.parts[0].endswith("demand and supply schedules are as follows: ") and "<image" not in inter.text
-    assert [type(p).__name__ for p in first.parts] == ["Image", "Image", "str"]
+    assert [type(p).__name__ for p in first.parts] == ["LazyImage", "LazyImage", "str"]
     assert "follows: <image 1> Your college" in first.text and "<image 2>" in first.text
     for sample in (inter, first):
         assert [_pixels(i).tolist() for i in sample.images] == [_pixels(s.convert("RGB")).tolist() for s in stored]
@@ -207,7 +208,7 @@ def test_mmbench_tsv_resolves_references_drops_copies_and_skips_bad_rows(mmbench
     for row in real:  # real JPEG pixels, Chinese text, gold letter, metadata
         sample = samples[str(row["index"])]
         jpeg = Image.open(io.BytesIO(row["image"])).convert("RGB")
-        assert isinstance(sample.parts[0], Image.Image) and np.array_equal(_pixels(sample.parts[0]), _pixels(jpeg))
+        assert isinstance(sample.parts[0], LazyImage) and np.array_equal(_pixels(sample.parts[0]), _pixels(jpeg))
         assert row["question"] in sample.text and sample.answer == row["answer"]
         assert (sample.meta["category"], sample.meta["l2_category"]) == (row["category"], row["l2-category"])
     assert np.array_equal(_pixels(samples[str(REFERENCE)].images[0]), _pixels(samples["318"].images[0]))
@@ -233,7 +234,7 @@ def test_mmbench_parquet_loads_to_the_same_samples(form, mmbench_paths, mmbench_
 @pytest.mark.parametrize(("style", "index"), list(PROMPTS), ids=[f"{s}-{i}" for s, i in PROMPTS])
 def test_mmbench_prompt_styles_match_the_cited_conventions(style, index, mmbench_paths):
     sample = _by_id(load_samples(replace(MMB, path=mmbench_paths["hf-folder"], prompt_style=style)))[index]
-    assert isinstance(sample.parts[0], Image.Image) and sample.parts[1:] == (PROMPTS[style, index],)
+    assert isinstance(sample.parts[0], LazyImage) and sample.parts[1:] == (PROMPTS[style, index],)
 
 
 def test_yaml_defaults_are_the_paper_protocol():

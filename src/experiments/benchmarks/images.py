@@ -1,7 +1,8 @@
 """Helpers shared by the real-benchmark loaders (`mmbench.py`, `mmmu.py`).
 
-- Image decoding: stored bytes (a parquet `struct<bytes, path>` cell, raw bytes) -> an RGB PIL image. A
-  corrupt or missing image raises `SkipRow`, which the loaders turn into a `skipped` entry.
+- Image cells: stored bytes (a parquet `struct<bytes, path>` cell, raw bytes) -> a `LazyImage` that keeps the
+  encoded bytes; only the header is read here. A missing image, or bytes PIL cannot identify, raises `SkipRow`,
+  which the loaders turn into a `skipped` entry; pixels that fail to decode later are skipped at extraction.
 - Path resolution: `benchmark.path` is a local file or folder, or a Hugging Face dataset id fetched with
   `huggingface_hub.snapshot_download`; a hub failure (offline, gated, missing) becomes one error that tells
   the user to download the files and set `benchmark.path`, never a raw hub traceback.
@@ -10,51 +11,28 @@
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from experiments.benchmarks.sample import BenchmarkData, Sample
+from experiments.benchmarks.sample import BenchmarkData, LazyImage, Sample, SkipRow
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 
 
-class SkipRow(ValueError):
-    """A row the loader cannot use; the message is the reason written into `BenchmarkData.skipped`."""
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Decode image bytes fully and convert any non-RGB mode (RGBA, P, LA, L, CMYK) to RGB.
-
-    RGBA is converted without compositing over a background, as VLMEvalKit (`vlmeval/smp/vlm.py:156-171`,
-    `decode_base64_to_image`) and lmms-eval (`.convert("RGB")`) do.
+def image_from_cell(value: object) -> LazyImage:
+    """The image of a parquet cell (the Hugging Face `Image` struct `{bytes, path}` or raw bytes), not decoded.
 
     Raises:
-        SkipRow: the bytes are not a decodable image.
-    """
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... on corrupt bytes
-        raise SkipRow(f"corrupt image bytes ({type(err).__name__}: {err})") from None
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def image_from_cell(value: object) -> Image.Image:
-    """Decode a parquet image cell: the Hugging Face `Image` struct `{bytes, path}` or raw bytes.
-
-    Raises:
-        SkipRow: the cell is empty, holds no bytes, or the bytes are not an image.
+        SkipRow: the cell is empty, holds no bytes, or the bytes have no image header PIL can identify.
     """
     if isinstance(value, Mapping):
         value = value.get("bytes")
     if not isinstance(value, bytes | bytearray) or not value:
         raise SkipRow("missing image")
-    return decode_image(bytes(value))
+    return LazyImage.from_bytes(bytes(value))
 
 
 def resolve_path(path: str, allow_patterns: list[str]) -> Path:
@@ -96,7 +74,7 @@ def collect(ids: list[str], build: Callable[[int], Sample], limit: int | None, s
 
     Under `limit`, rows are tried in the order of `numpy.random.default_rng(seed).permutation(len(ids))`
     until `limit` are usable (a bad row is replaced by the next one), then the kept samples are put back in
-    benchmark order. Only the rows tried are decoded, so a small `limit` is cheap on a large benchmark.
+    benchmark order. Only the rows tried are read, so a small `limit` is cheap on a large benchmark.
 
     Args:
         ids: the sample id of every candidate row, in benchmark order.

@@ -13,7 +13,8 @@ Reads either distribution of MMBench v1.0 Chinese (facts and citations in `share
 Rows of another split (the `split` column) are left out; CircularEval copies (index >= 1e6, rotated options
 of question `index % 1e6`) are dropped when `benchmark.drop_circular`. None, NaN, "nan" and "none" are
 missing values (LLaVA `is_none`, haotian-liu/LLaVA@c121f04:`llava/eval/model_vqa_mmbench.py:33-44`).
-A row with a corrupt or missing image or a dangling index reference is skipped and reported.
+A row with a missing image, image bytes PIL cannot identify, or a dangling index reference is skipped and
+reported. Images stay encoded (`LazyImage`) until extraction decodes them.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ import binascii
 from collections.abc import Callable, Mapping
 
 import pandas as pd
-from PIL import Image
 
-from experiments.benchmarks.images import SkipRow, collect, decode_image, image_from_cell, resolve_path
-from experiments.benchmarks.sample import BenchmarkData, Sample
+from experiments.benchmarks.images import SkipRow, collect, image_from_cell, resolve_path
+from experiments.benchmarks.sample import BenchmarkData, LazyImage, Sample
 from experiments.config import BenchmarkConfig
 
 HUB_ID = "lmms-lab/MMBench_CN"
@@ -139,8 +139,8 @@ def _sample(row: Mapping[str, object], images: Mapping[int, object],
                   answer=None if is_missing(answer) else str(answer).strip(), meta=meta)
 
 
-def _image(value: object, images: Mapping[int, object]) -> Image.Image:
-    """Decode a TSV base64 string (following one short index reference) or a parquet image cell."""
+def _image(value: object, images: Mapping[int, object]) -> LazyImage:
+    """The image of a TSV base64 string (following one short index reference) or of a parquet image cell."""
     if not isinstance(value, str):
         return image_from_cell(value)
     if len(value) <= REFERENCE_MAX_CHARS:
@@ -152,4 +152,4 @@ def _image(value: object, images: Mapping[int, object]) -> Image.Image:
         data = base64.b64decode(value)  # as VLMEvalKit `decode_base64_to_image`
     except (binascii.Error, ValueError):
         raise SkipRow("corrupt image (invalid base64)") from None
-    return decode_image(data)
+    return LazyImage.from_bytes(data)

@@ -14,7 +14,8 @@ RGBA -> RGB), answer ("?" in test), question_type ("multiple-choice" | "open"), 
 - `images_first`: every image of the row, in k order, then the text with the literal `<image k>` kept, as the
   official MMMU script (which passes `image_1` only), lmms-eval's simple models, VLMEvalKit's LLaVA and Qwen's
   own MMMU eval do.
-Rows with unparsable options, a missing or corrupt image, or a placeholder without its image are skipped.
+Rows with unparsable options, a missing image or one PIL cannot identify, or a placeholder without its image
+are skipped. Images stay encoded (`LazyImage`) until extraction decodes them.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
 from experiments.benchmarks.images import SkipRow, collect, image_from_cell, resolve_path
-from experiments.benchmarks.sample import BenchmarkData, Sample
+from experiments.benchmarks.sample import BenchmarkData, LazyImage, Sample
 from experiments.config import BenchmarkConfig
 
 log = logging.getLogger(__name__)
@@ -145,19 +145,19 @@ def _sample(row: Mapping[str, object], style: Callable[[str, list[str], bool], s
     named = sorted({int(k) for k in PLACEHOLDER.findall(text)} - set(images))
     if named:
         raise SkipRow(f"the text names <image {named[0]}> but image_{named[0]} is empty")
-    parts: tuple[str | Image.Image, ...] = (
+    parts: tuple[str | LazyImage, ...] = (
         _interleaved(text, images) if interleave else (*(images[k] for k in sorted(images)), text))
     answer = str(row["answer"]).strip()
     meta = {key: row.get(key) for key in ("subject", "subfield", "question_type", "topic_difficulty", "img_type")}
-    meta |= {"split": split, "n_images": sum(isinstance(p, Image.Image) for p in parts)}
+    meta |= {"split": split, "n_images": sum(isinstance(p, LazyImage) for p in parts)}
     return Sample(id=str(row["id"]), parts=parts, answer=None if answer in ("", "?") else answer, meta=meta)
 
 
-def _interleaved(text: str, images: Mapping[int, Image.Image]) -> tuple[str | Image.Image, ...]:
+def _interleaved(text: str, images: Mapping[int, LazyImage]) -> tuple[str | LazyImage, ...]:
     """`split_MMMU`: image k where each `<image k>` stands, the placeholder removed; no placeholder: images first."""
     if not PLACEHOLDER.search(text):
         return (*(images[k] for k in sorted(images)), text)
-    parts: list[str | Image.Image] = []
+    parts: list[str | LazyImage] = []
     start = 0
     for match in PLACEHOLDER.finditer(text):
         parts += [text[start:match.start()], images[int(match.group(1))]]

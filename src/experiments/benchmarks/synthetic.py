@@ -5,15 +5,18 @@ about them (how many of a shape, which colour a shape has, which digit is writte
 options. `style="mmbench_cn"` words it in Chinese and lays it out as VLMEvalKit's default MMBench
 prompt (image first, "Hint/Question/Options" scaffolding); `style="mmmu"` words it in English with an
 MMMU-style `<image 1>` reference, the image interleaved where the reference stands; `style="mixed"`
-alternates. The same seed gives the same pixels and the same text.
+alternates. The same seed gives the same pixels and the same text. The picture's parameters are drawn with
+the text; its pixels are drawn only when the `LazyImage` is loaded.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image, ImageDraw
 
-from experiments.benchmarks.sample import BenchmarkData, Sample
+from experiments.benchmarks.sample import BenchmarkData, LazyImage, Sample
 from experiments.config import BenchmarkConfig
 
 COLOURS = {  # name -> (RGB, Chinese name)
@@ -68,7 +71,9 @@ def vocabulary_text() -> list[str]:
 
 
 def _sample(index: int, rng: np.random.Generator, size: int, chinese: bool) -> Sample:
-    image, drawn, digit = _draw(rng, size)
+    picture = _picture(rng, size)
+    image = LazyImage((size, size), picture.render)
+    drawn, digit = [(shape, colour) for shape, colour, *_ in picture.shapes], picture.digit
     kind = ("count", "colour", "digit")[int(rng.integers(3))]
     target_shape = drawn[int(rng.integers(len(drawn)))][0]
     if kind == "count":
@@ -96,29 +101,53 @@ def _sample(index: int, rng: np.random.Generator, size: int, chinese: bool) -> S
     return Sample(id=f"synthetic-{index}", parts=(image, text), answer=gold, meta=meta)
 
 
-def _draw(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[tuple[str, str]], int]:
-    """A picture of 2-4 coloured shapes and one digit; returns it with [(shape, colour)] and the digit."""
+@dataclass(frozen=True)
+class Picture:
+    """What one synthetic image shows, drawn from the seed up front; `render()` draws the pixels.
+
+    Attributes:
+        size: width and height in pixels.
+        background: RGB of the plain background.
+        shapes: (shape, colour, radius, centre x, centre y) of each shape, in drawing order.
+        digit: the digit written on the picture, at pixel `digit_at` (x, y).
+    """
+
+    size: int
+    background: tuple[int, ...]
+    shapes: tuple[tuple[str, str, int, int, int], ...]
+    digit: int
+    digit_at: tuple[int, int]
+
+    def render(self) -> Image.Image:
+        """The RGB picture: background, the shapes in order, then the digit in black."""
+        image = Image.new("RGB", (self.size, self.size), self.background)
+        draw = ImageDraw.Draw(image)
+        for shape, colour, r, cx, cy in self.shapes:
+            box = (cx - r, cy - r, cx + r, cy + r)
+            fill = COLOURS[colour][0]
+            if shape == "circle":
+                draw.ellipse(box, fill=fill)
+            elif shape == "square":
+                draw.rectangle(box, fill=fill)
+            else:
+                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+        draw.text(self.digit_at, str(self.digit), fill=(0, 0, 0))
+        return image
+
+
+def _picture(rng: np.random.Generator, size: int) -> Picture:
+    """2-4 coloured shapes and one digit on a plain background, each drawn from `rng`."""
     background = tuple(int(v) for v in rng.integers(200, 256, 3))
-    image = Image.new("RGB", (size, size), background)
-    draw = ImageDraw.Draw(image)
-    drawn = []
+    shapes = []
     for _ in range(int(rng.integers(2, 5))):
         shape = list(SHAPES)[int(rng.integers(len(SHAPES)))]
         colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
         r = int(rng.integers(size // 10, size // 5))
         cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
-        box = (cx - r, cy - r, cx + r, cy + r)
-        fill = COLOURS[colour][0]
-        if shape == "circle":
-            draw.ellipse(box, fill=fill)
-        elif shape == "square":
-            draw.rectangle(box, fill=fill)
-        else:
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-        drawn.append((shape, colour))
+        shapes.append((shape, colour, r, cx, cy))
     digit = int(rng.integers(10))
-    draw.text((int(rng.integers(2, size - 12)), int(rng.integers(2, size - 14))), str(digit), fill=(0, 0, 0))
-    return image, drawn, digit
+    digit_at = (int(rng.integers(2, size - 12)), int(rng.integers(2, size - 14)))
+    return Picture(size, background, tuple(shapes), digit, digit_at)
 
 
 def _options(answer: str, pool: list[str], rng: np.random.Generator) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from experiments.benchmarks.sample import Sample
+from experiments.benchmarks.sample import Sample, SkipRow
 from experiments.keys.capture import KeyCapture, key_name
 from experiments.models import LoadedModel
 
@@ -74,8 +74,8 @@ def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers:
                  num_workers: int = 0) -> tuple[list[SampleKeys], list[dict[str, str]]]:
     """Keys of `samples` ((number, sample) pairs) at `layers`; returns (kept, skipped), kept in number order.
 
-    A sample whose images produced no image tokens is skipped with a warning (it has nothing to
-    compare) and listed in `skipped` as {"sample_id", "reason"}.
+    A sample whose image fails to decode (in the loader workers), or whose images produced no image
+    tokens (nothing to compare), is skipped with a warning and listed in `skipped` as {"sample_id", "reason"}.
     """
     from torch.utils.data import DataLoader
 
@@ -90,7 +90,10 @@ def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers:
     skipped: list[dict[str, str]] = []
     pending: _Staged | None = None
     with KeyCapture(model, adapter.layers(model), layers, site, dtype=store_dtype) as capture:
-        for batch, inputs in tqdm(loader, desc="extract keys", unit="batch", leave=False):
+        for batch, inputs, undecodable in tqdm(loader, desc="extract keys", unit="batch", leave=False):
+            skipped += undecodable
+            if not batch:
+                continue
             ids, real = inputs["input_ids"], inputs["attention_mask"].bool()
             inputs = inputs.to(device, non_blocking=True)
             if "pixel_values" in inputs:
@@ -121,16 +124,37 @@ def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers:
     return sorted(kept, key=lambda r: r.number), skipped
 
 
-def _prepare(adapter: Any, processor: Any, batch: list[tuple[int, Sample]]) -> tuple[list, Any]:
-    """Collate function (runs in the DataLoader workers): the processor outputs of one batch."""
-    return batch, adapter.model_inputs(processor, [sample for _, sample in batch])
+def _prepare(adapter: Any, processor: Any, batch: list[tuple[int, Sample]]
+             ) -> tuple[list[tuple[int, Sample]], Any, list[dict[str, str]]]:
+    """Collate function (runs in the DataLoader workers): decode the batch's images, then run the processor.
+
+    Args:
+        adapter: the model family's `ModelAdapter`.
+        processor: its processor.
+        batch: (number, sample) pairs whose images are not decoded yet.
+
+    Returns:
+        The (number, sample) pairs whose images decoded, as given (still lazy, so no pixels travel back);
+        the processor outputs of their decoded samples, row i for pair i, or None when none decoded; and
+        {"sample_id", "reason"} for each sample whose image failed to decode, in batch order.
+    """
+    kept, decoded, skipped = [], [], []
+    for number, sample in batch:
+        try:
+            decoded.append(sample.decoded())
+        except SkipRow as err:
+            log.warning("skipping sample %s: %s", sample.id, err)
+            skipped.append({"sample_id": sample.id, "reason": str(err)})
+            continue
+        kept.append((number, sample))
+    return kept, adapter.model_inputs(processor, decoded) if decoded else None, skipped
 
 
 def _buckets(samples: list[tuple[int, Sample]], batch_size: int) -> list[list[tuple[int, Sample]]]:
-    """Batches of samples of similar size (pixels, then text length), so padding stays small."""
+    """Batches of samples of similar size (pixels, then text length), so padding stays small; decodes nothing."""
     def size(item: tuple[int, Sample]) -> tuple[int, int]:
         sample = item[1]
-        return sum(i.width * i.height for i in sample.images), len(sample.text)
+        return sum(width * height for width, height in (image.size for image in sample.images)), len(sample.text)
 
     ordered = sorted(samples, key=size)
     return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]

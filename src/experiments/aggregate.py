@@ -1,4 +1,4 @@
-"""Sweep aggregation: every job dir of a sweep -> job report, `summary.csv`, Figures 1 and 2.
+"""Sweep aggregation: every job dir of a sweep -> job report, `summary.csv`, Figures 1 to 3.
 
 Contract: `aggregate(sweep_dir)` finds the job dirs under `sweep_dir` (every folder holding
 `.hydra/config.yaml`), reads each one's config, overrides, `status.json` and `results.parquet`, and sorts
@@ -16,6 +16,9 @@ a folder (e.g. a SLURM job that never started). It writes into `sweep_dir`:
     figure1_tsne.png/.pdf   rows = models, columns = benchmark x layer, from the jobs' embedding.parquet
     figure2_boxplots.png/.pdf  per model, image_vs_text against the two intra-modal controls, pooled over
                             layers and benchmarks, one panel per metric (and kernel)
+    figure3_depth_profile.png/.pdf  per model x benchmark (x varying key_site / override) and metric, the
+                            three comparisons' mean ± std over splits against layer_index; only when some
+                            model x benchmark has 3 or more layer indices (e.g. `layer=every`), else skipped
 
 The report is printed and written even when no job completed (then `aggregate` raises). Command line:
 `python -m experiments.aggregate <sweep dir>`; the Hydra callback in `callbacks.py` calls the same function
@@ -84,6 +87,7 @@ def aggregate(sweep_dir: str | Path, seed: int = 0) -> Path:
         raise RuntimeError(f"no completed job in {sweep} (see {sweep / 'aggregate_report.txt'})")
 
     from experiments.report import sweep_figures
+    from experiments.report.figures import MIN_PROFILE_LAYERS
 
     varying = _varying_overrides(completed)
     results = pd.concat([_tagged(job, varying) for job in completed], ignore_index=True)
@@ -96,6 +100,14 @@ def aggregate(sweep_dir: str | Path, seed: int = 0) -> Path:
     if len(embedding):
         written += sweep_figures.tsne_grid(embedding, sweep / "figure1_tsne", title)
     written += sweep_figures.comparison_boxplots(results, sweep / "figure2_boxplots", title)
+    by = ["model", "benchmark", *[c for c in ["key_site", *varying] if results[c].nunique() > 1]]
+    profiles = sweep_figures.depth_profiles(results, sweep / "figure3_depth_profile", title, by)
+    if not profiles:
+        note = (f"figure3_depth_profile skipped: no {' x '.join(by)} has results at {MIN_PROFILE_LAYERS} or more "
+                "layer indices")
+        log.info(note)
+        report.append(note)
+    written += profiles
     report += [f"summary: {summary_path} ({len(summary)} rows from {len(completed)} jobs)",
                "written: " + ", ".join(p.name for p in written)]
     _finish_report(sweep, report)
@@ -190,11 +202,16 @@ def bootstrap_ci(values: np.ndarray, seed: int | list[int] = 0, n_boot: int = N_
 
 
 def _varying_overrides(jobs: list[Job]) -> list[str]:
-    """Override keys whose value differs between jobs and that no results column already records."""
+    """Override keys whose value differs between jobs and that no results column already records.
+
+    `layer.*` overrides (e.g. a sweep `layer.positions=[0],[1],[2]`) are recorded by the layer and layer_index
+    columns, so one layer per job still pools into one depth profile.
+    """
     known = set(GROUP_COLUMNS) | {"prompt_style"}
     table = [dict(o.split("=", 1) for o in job.overrides if "=" in o) for job in jobs]
     keys = list(dict.fromkeys(k for row in table for k in row))
-    return [k for k in keys if k not in known and len({row.get(k, "") for row in table}) > 1]
+    return [k for k in keys if k not in known and not k.startswith("layer.")
+            and len({row.get(k, "") for row in table}) > 1]
 
 
 def _tagged(job: Job, extra: list[str]) -> pd.DataFrame:

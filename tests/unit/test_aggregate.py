@@ -1,5 +1,5 @@
 """Sweep aggregation on hand-made job dirs: numbers against pandas/numpy, failed/incomplete/missing jobs
-reported, figures written, the callback and the command line."""
+reported, figures written (the depth profile's lines against pandas), the callback and the command line."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from PIL import Image
 
 from experiments.aggregate import GROUP_COLUMNS, aggregate, bootstrap_ci, main, summarize
 from experiments.callbacks import AggregateCallback
+from experiments.report import sweep_figures
+from experiments.report.figures import depth_profile
 
 LAYERS = {"early": 0, "middle": 2, "late": 3}
+EVERY = {str(i): i for i in range(6)}  # a layer=every job of a 6-layer model
 COMPARISONS = ["image_vs_text", "image_vs_image", "text_vs_text"]
 SWEEP = ["model=tiny_a,tiny_b", "kernel=rbf,linear,energy", "benchmark.limit=8"]  # 6 jobs, product order
 N_SPLITS = 4
@@ -27,7 +30,7 @@ def _write_multirun_yaml(sweep, task):
         "overrides": {"task": task}}}), sweep / "multirun.yaml")
 
 
-def _make_job(sweep, num, overrides, status, rng):
+def _make_job(sweep, num, overrides, status, rng, layers=LAYERS):
     """A job dir as `launch.py -m` leaves it: .hydra/, status.json, results and embedding (when completed)."""
     job = sweep / str(num)
     values = dict(o.split("=", 1) for o in overrides)
@@ -46,12 +49,12 @@ def _make_job(sweep, num, overrides, status, rng):
              "split": split, "value": rng.normal(0.4 if comparison == "image_vs_text" else 0.01, 0.02),
              "p_value": rng.uniform() if metric == "mmd2" else np.nan, "n_x": 50, "n_y": 60, "seed": 0,
              "prompt_style": "vlmevalkit"}
-            for layer, index in LAYERS.items() for comparison in COMPARISONS for metric in ("mmd2", "jsd")
+            for layer, index in layers.items() for comparison in COMPARISONS for metric in ("mmd2", "jsd")
             for split in range(N_SPLITS)]
     pd.DataFrame(rows).to_parquet(job / "results.parquet")
     points = [{"x": rng.normal(), "y": rng.normal(), "modality": modality, "sample_id": f"s{i % 5}", "model": model,
                "benchmark": "synthetic", "layer": layer}
-              for layer in LAYERS for modality in ("image", "text") for i in range(30)]
+              for layer in layers for modality in ("image", "text") for i in range(30)]
     pd.DataFrame(points).to_parquet(job / "embedding.parquet")
     (job / "status.json").write_text(json.dumps({"status": "completed"}))
 
@@ -103,13 +106,76 @@ def test_failed_incomplete_and_missing_jobs_are_reported(sweep, capsys):
 
 def test_figures_are_written(sweep):
     aggregate(sweep)
-    for stem in ("figure1_tsne", "figure2_boxplots"):
+    for stem in ("figure1_tsne", "figure2_boxplots", "figure3_depth_profile"):  # 3 layers: a short profile
         assert (sweep / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
         with Image.open(sweep / f"{stem}.png") as image:
             assert image.format == "PNG" and min(image.size) > 300
     with Image.open(sweep / "figure1_tsne.png") as image:
         width, height = image.size
     assert width > 1.1 * height  # 2 model rows x 3 (benchmark, layer) columns
+
+
+def _panel(title):
+    """(metric, kernel) of a depth-profile column title such as `mmd2 (rbf kernel)` or `jsd`."""
+    metric, _, kernel = title.partition(" (")
+    return metric, kernel.removesuffix(" kernel)") or "none"
+
+
+def test_depth_profile_plots_the_mean_per_layer(tmp_path, monkeypatch):
+    """Two layer=every jobs of tiny_a (rbf, linear) and a one-layer job of tiny_b: one row, lines = pandas means."""
+    rng = np.random.default_rng(2)
+    sweep = tmp_path / "sweep"
+    _make_job(sweep, 0, ["model=tiny_a", "kernel=rbf"], "completed", rng, layers=EVERY)
+    _make_job(sweep, 1, ["model=tiny_a", "kernel=linear"], "completed", rng, layers=EVERY)
+    _make_job(sweep, 2, ["model=tiny_b", "kernel=rbf"], "completed", rng, layers={"late": 3})
+    drawn, save = {}, sweep_figures._save_both
+
+    def keep_and_save(fig, stem):
+        drawn[stem.name] = fig
+        return save(fig, stem)
+
+    monkeypatch.setattr(sweep_figures, "_save_both", keep_and_save)
+    aggregate(sweep)
+    with Image.open(sweep / "figure3_depth_profile.png") as image:
+        assert image.format == "PNG" and min(image.size) > 300
+    assert (sweep / "figure3_depth_profile.pdf").read_bytes().startswith(b"%PDF")
+
+    results = pd.concat([pd.read_parquet(sweep / str(n) / "results.parquet") for n in range(3)])
+    tiny_a = results[results["model"] == "tiny_a"]
+    expected = tiny_a.groupby(["metric", "kernel", "comparison", "layer_index"])["value"].mean()
+    fig = drawn["figure3_depth_profile"]
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["tiny_a · synthetic\nvalue"]  # no tiny_b row
+    plotted = {(*_panel(ax.get_title()), line.get_label(), x): y for ax in fig.axes for line in ax.get_lines()
+               if line.get_label() in COMPARISONS for x, y in line.get_xydata()}
+    assert sorted(plotted) == sorted(expected.index)  # jsd once (pooled over both jobs), mmd2 per kernel
+    np.testing.assert_allclose([plotted[key] for key in expected.index], expected.to_numpy(), rtol=1e-12)
+
+    keys = ["metric", "kernel", "comparison", "layer_index"]
+    profile = depth_profile(results, ["model", "benchmark"]).set_index(keys).sort_index()
+    np.testing.assert_allclose(profile["std"], tiny_a.groupby(keys)["value"].std(), rtol=1e-12)
+    assert set(profile.loc["jsd", "n"]) == {2 * N_SPLITS} and set(profile.loc["mmd2", "n"]) == {N_SPLITS}
+
+
+def test_depth_profile_skipped_below_three_layers(tmp_path, caplog):
+    rng = np.random.default_rng(4)
+    sweep = tmp_path / "sweep"
+    _make_job(sweep, 0, ["model=tiny_a", "kernel=rbf"], "completed", rng, layers={"early": 0, "late": 3})
+    with caplog.at_level(logging.INFO, logger="experiments.aggregate"):
+        aggregate(sweep)
+    assert not list(sweep.glob("figure3_depth_profile.*"))
+    note = "figure3_depth_profile skipped: no model x benchmark has results at 3 or more layer indices"
+    assert note in caplog.text and note in (sweep / "aggregate_report.txt").read_text()
+
+
+def test_one_layer_per_job_pools_into_a_depth_profile(tmp_path):
+    """A sweep over `layer.positions` is told apart by the layer columns, not by a `layer.positions` column."""
+    rng = np.random.default_rng(5)
+    sweep = tmp_path / "sweep"
+    for num in range(3):
+        _make_job(sweep, num, ["model=tiny_a", "kernel=rbf", f"layer.positions=[{num}]"], "completed", rng,
+                  layers={str(num): num})
+    assert "layer.positions" not in pd.read_csv(aggregate(sweep)).columns
+    assert (sweep / "figure3_depth_profile.png").exists()
 
 
 def test_summary_is_seeded(sweep):

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from experiments.config import JobConfig, register_configs
+from experiments.keys.layers import resolve_layers
 
 from ..conftest import REPO
 
@@ -41,6 +42,11 @@ def test_default_job_is_the_offline_tiny_one():
 
 def test_explicit_layer_indices_compose_as_text():
     assert _compose(["layer.positions=[0,3]"]).layer.positions == ["0", "3"]
+
+
+def test_layer_every_resolves_to_every_decoder_layer():
+    layer = _compose(["layer=every"]).layer
+    assert [s.index for s in resolve_layers(layer.positions, layer.fractions, 32)] == list(range(32))
 
 
 @pytest.mark.parametrize(("override", "error"), [

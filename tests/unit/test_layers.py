@@ -22,9 +22,17 @@ def test_explicit_and_negative_indices():
     assert [(s.label, s.index) for s in specs] == [("0", 0), ("-1", 3)]
 
 
+@pytest.mark.parametrize("depth", [4, 28, 32], ids=["tiny", "qwen-7b", "llava-7b"])
+def test_every_expands_to_all_layers_labelled_like_indices(depth):
+    specs = resolve_layers(["every"], FRACTIONS, depth)
+    assert [s.index for s in specs] == list(range(depth))
+    assert specs == resolve_layers([str(i) for i in range(depth)], FRACTIONS, depth)
+
+
 @pytest.mark.parametrize(("positions", "needle"), [
     (["4"], "has 4 decoder layers"), (["-5"], "has 4 decoder layers"), (["deep"], "'deep'"),
-    (["late", "3"], "repeated layers")], ids=["too-deep", "too-negative", "unknown-name", "duplicate"])
+    (["deep"], "'every'"), (["late", "3"], "repeated layers"), (["every", "late"], "repeated layers")],
+    ids=["too-deep", "too-negative", "unknown-name", "unknown-lists-every", "duplicate", "every-and-named"])
 def test_bad_positions(positions, needle):
     with pytest.raises(ValueError, match="layer.positions") as info:
         resolve_layers(positions, FRACTIONS, 4)

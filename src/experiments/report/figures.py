@@ -1,59 +1,183 @@
-"""The job's two figures: Figure-2-style box plots of the results and a t-SNE panel per layer."""
+"""The job's figures: Figure-2-style box plots, a t-SNE panel per layer and the depth profile.
+
+`depth_profile` and `depth_profile_grid` are shared with the sweep's Figure 3 (`sweep_figures.py`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from experiments.atomic import atomic_write
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 COMPARISON_ORDER = ["image_vs_text", "image_vs_image", "text_vs_text"]
 PALETTE = {"image": "#d95f02", "text": "#1b9e77"}
+COMPARISON_COLOURS = {"image_vs_text": "#7570b3", "image_vs_image": PALETTE["image"], "text_vs_text": PALETTE["text"]}
+MAX_LEGEND_LAYERS = 8  # the box plot's points: a legend entry per layer up to this many, then a colour bar
+MAX_TSNE_COLUMNS = 8  # the t-SNE figure wraps, e.g. 32 layers in 4 rows of 8
+MIN_PROFILE_LAYERS = 3  # a depth profile needs at least this many distinct layer indices
 
 
 def boxplot_figure(results: pd.DataFrame, path: Path, title: str) -> None:
-    """Comparison on x, value on y, one panel per metric; one point per (layer, split)."""
+    """Comparison on x, value on y, one panel per metric; one point per (layer, split).
+
+    Points are coloured by layer with a legend; beyond `MAX_LEGEND_LAYERS` layers (e.g. `layer=every`) by
+    layer index on a sequential scale with a colour bar.
+    """
     plt = pyplot()
     import seaborn as sns
 
     metrics = list(dict.fromkeys(results["metric"]))
+    many = results["layer"].nunique() > MAX_LEGEND_LAYERS
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         data = results[results["metric"] == metric]
         sns.boxplot(data=data, x="comparison", y="value", order=COMPARISON_ORDER, ax=ax, color="#cccccc",
                     showfliers=False)
-        sns.stripplot(data=data, x="comparison", y="value", order=COMPARISON_ORDER, hue="layer", ax=ax,
-                      size=4, alpha=0.8, dodge=False)
+        sns.stripplot(data=data, x="comparison", y="value", order=COMPARISON_ORDER, ax=ax, size=4 - many,
+                      alpha=0.8, dodge=False, **({"hue": "layer_index", "palette": "viridis", "legend": False}
+                                                 if many else {"hue": "layer"}))
         kernel = data["kernel"].iloc[0]
         ax.set_title(metric if kernel == "none" else f"{metric} ({kernel} kernel)")
         ax.set_xlabel("")
         ax.set_ylabel("value")
         ax.tick_params(axis="x", labelrotation=15)
-        ax.legend(title="layer", fontsize=8, title_fontsize=8)
+        if many:
+            norm = plt.Normalize(results["layer_index"].min(), results["layer_index"].max())
+            fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="layer index")
+        else:
+            ax.legend(title="layer", fontsize=8, title_fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def tsne_figure(embedding: pd.DataFrame, path: Path, title: str) -> None:
-    """One panel per layer, points coloured by modality."""
+    """One panel per layer, points coloured by modality; up to `MAX_TSNE_COLUMNS` panels per row.
+
+    Args:
+        embedding: Rows x, y, modality, layer (one job's points).
+        path: Output file; its suffix names the format.
+        title: Figure title.
+    """
     plt = pyplot()
 
     layers = list(dict.fromkeys(embedding["layer"]))
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.8 * len(layers), 3.8), squeeze=False)
-    for ax, layer in zip(axes[0], layers, strict=True):
+    n_cols = min(len(layers), MAX_TSNE_COLUMNS)
+    n_rows = -(-len(layers) // n_cols)
+    size = 3.8 if n_rows == 1 else 2.6
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows + 0.8), squeeze=False)
+    for ax in axes.flat[len(layers):]:
+        ax.set_visible(False)
+    for ax, layer in zip(axes.flat, layers, strict=False):
         data = embedding[embedding["layer"] == layer]
         for modality, colour in PALETTE.items():
             part = data[data["modality"] == modality]
-            ax.scatter(part["x"], part["y"], s=6, alpha=0.7, color=colour, label=f"{modality} ({len(part)})")
-        ax.set_title(f"layer {layer}")
+            ax.scatter(part["x"], part["y"], s=6 if n_rows == 1 else 3, alpha=0.7, color=colour, linewidths=0)
+        ax.set_title(f"layer {layer}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.legend(fontsize=8, markerscale=2)
+    handles = []
+    for modality, colour in PALETTE.items():
+        per_layer = embedding[embedding["modality"] == modality].groupby("layer").size().reindex(layers, fill_value=0)
+        handles.append(plt.Line2D([], [], marker="o", linestyle="", color=colour,
+                                  label=f"{modality} ({_count_range(per_layer)} tokens per layer)"))
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
     save_figure(fig, path)
+
+
+def depth_profile(results: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean and std (ddof 1) of `value` per layer index: the data a depth profile draws.
+
+    Args:
+        results: Result rows (columns layer_index, comparison, metric, kernel, value and those in `by`).
+        by: Columns that tell profiles apart (one figure row each), e.g. ["model", "benchmark"]; rows of
+            equal `by`, metric, kernel, comparison and layer_index are pooled (splits, and jobs in a sweep).
+
+    Returns:
+        Columns *by, metric, kernel, comparison, layer_index, mean, std, n, sorted by `by` and layer_index
+        (metrics and comparisons in the order of `results`); only the `by` groups with at least
+        `MIN_PROFILE_LAYERS` distinct layer indices (empty when there are none).
+    """
+    keys = [*by, "metric", "kernel", "comparison", "layer_index"]
+    stats = results.groupby(keys, sort=False)["value"].agg(mean="mean", std="std", n="count").reset_index()
+    stats = stats.sort_values([*by, "layer_index"], kind="stable", ignore_index=True)
+    depth = stats.groupby(by)["layer_index"].transform("nunique")
+    return stats[depth >= MIN_PROFILE_LAYERS].reset_index(drop=True)
+
+
+def depth_profile_grid(profile: pd.DataFrame, by: list[str], title: str) -> Figure:
+    """Rows = `by` groups, columns = (metric, kernel); per panel each comparison's mean ± std against layer index.
+
+    Args:
+        profile: Output of `depth_profile(results, by)`, not empty.
+        by: The `by` columns of `profile`; model and benchmark are shown by value, others as `column=value`.
+        title: Figure title.
+
+    Returns:
+        The matplotlib Figure (the caller saves it).
+    """
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    rows = list(dict.fromkeys(profile[by].itertuples(index=False, name=None)))
+    panels = list(dict.fromkeys(zip(profile["metric"], profile["kernel"], strict=True)))
+    fig, axes = plt.subplots(len(rows), len(panels), squeeze=False,
+                             figsize=(4.2 * len(panels), 2.9 * len(rows) + 1.0))
+    for r, row in enumerate(rows):
+        in_row = (profile[by] == pd.Series(row, index=by)).all(axis=1)
+        for c, (metric, kernel) in enumerate(panels):
+            ax = axes[r, c]
+            data = profile[in_row & (profile["metric"] == metric) & (profile["kernel"] == kernel)]
+            for comparison in COMPARISON_ORDER:
+                line = data[data["comparison"] == comparison]
+                colour = COMPARISON_COLOURS[comparison]
+                ax.plot(line["layer_index"], line["mean"], color=colour, marker="o", markersize=3, label=comparison)
+                ax.fill_between(line["layer_index"], line["mean"] - line["std"], line["mean"] + line["std"],
+                                color=colour, alpha=0.2, linewidth=0)
+            ax.axhline(0.0, color="grey", linewidth=0.6, zorder=0)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if r == 0:
+                ax.set_title(metric if kernel == "none" else f"{metric} ({kernel} kernel)", fontsize=10)
+            if r == len(rows) - 1:
+                ax.set_xlabel("decoder layer index")
+            if c == 0:
+                label = " · ".join(str(v) if k in ("model", "benchmark") else f"{k}={v}"
+                                   for k, v in zip(by, row, strict=True))
+                ax.set_ylabel(f"{label}\nvalue", fontsize=9)
+    handles = [plt.Line2D([], [], color=COMPARISON_COLOURS[c], marker="o", markersize=3, label=c)
+               for c in COMPARISON_ORDER]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9, frameon=False,
+               title="mean over splits, band ± 1 std", title_fontsize=8)
+    fig.suptitle(f"Key distance by decoder depth\n{title}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def depth_profile_figure(results: pd.DataFrame, path: Path, title: str) -> None:
+    """One panel per metric (and kernel): each comparison's mean ± std over splits against layer index.
+
+    Args:
+        results: One job's result rows.
+        path: Output file; its suffix names the format.
+        title: Figure title.
+
+    Raises:
+        ValueError: `results` span fewer than `MIN_PROFILE_LAYERS` layer indices.
+    """
+    by = ["model", "benchmark"]
+    profile = depth_profile(results, by)
+    if profile.empty:
+        raise ValueError(f"a depth profile needs results at {MIN_PROFILE_LAYERS} or more layers; these have "
+                         f"layer_index {sorted(results['layer_index'].unique().tolist())}")
+    save_figure(depth_profile_grid(profile, by, title), path)
 
 
 def pyplot():
@@ -70,3 +194,9 @@ def save_figure(fig, path: Path) -> None:
     """Write `fig` atomically in the format of `path`'s suffix, then free it."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, format=path.suffix.lstrip(".")))
     pyplot().close(fig)
+
+
+def _count_range(counts: pd.Series) -> str:
+    """`n` when every layer has the same count, else `min-max`."""
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}-{high}"

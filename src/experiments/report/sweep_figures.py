@@ -1,9 +1,11 @@
-"""The sweep's two figures, in the paper's layout, each written as PNG and PDF.
+"""The sweep's figures, in the paper's layout, each written as PNG and PDF.
 
 Figure 1 (`tsne_grid`): one row per model, one column per benchmark x layer (the paper's 2 x 6 grid for
 2 models, 2 benchmarks, 3 layers), tokens coloured by modality, from the jobs' `embedding.parquet`.
 Figure 2 (`comparison_boxplots`): one panel per metric (and kernel); per model, the image_vs_text values
 beside the image_vs_image and text_vs_text controls, pooled over layers, benchmarks and splits.
+Figure 3 (`depth_profiles`): per model x benchmark (one row each) and metric (one column each), the three
+comparisons' mean ± std over splits against decoder-layer index, for sweeps with jobs of 3 or more layers.
 """
 
 from __future__ import annotations
@@ -14,11 +16,17 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.atomic import atomic_write
-from experiments.report.figures import COMPARISON_ORDER, PALETTE, pyplot
+from experiments.report.figures import (
+    COMPARISON_COLOURS,
+    COMPARISON_ORDER,
+    PALETTE,
+    depth_profile,
+    depth_profile_grid,
+    pyplot,
+)
 
 LAYER_ORDER = ["early", "middle", "late"]
 MAX_PANELS_PER_ROW = 3  # Figure 2 wraps, e.g. the six kernels of a kernel ablation in 2 rows
-COMPARISON_COLOURS = {"image_vs_text": "#7570b3", "image_vs_image": PALETTE["image"], "text_vs_text": PALETTE["text"]}
 
 
 def tsne_grid(embedding: pd.DataFrame, stem: Path, title: str) -> list[Path]:
@@ -95,6 +103,22 @@ def comparison_boxplots(results: pd.DataFrame, stem: Path, title: str) -> list[P
     fig.suptitle(f"Cross-modal vs intra-modal key distance\n{title}", fontsize=10)
     fig.tight_layout()
     return _save_both(fig, stem)
+
+
+def depth_profiles(results: pd.DataFrame, stem: Path, title: str, by: list[str]) -> list[Path]:
+    """Figure 3: a row per `by` group with 3 or more layer indices, a column per (metric, kernel); PNG and PDF paths.
+
+    Args:
+        results: Result rows of the completed jobs.
+        stem: Output path without suffix.
+        title: Figure title.
+        by: Columns that tell profiles apart, e.g. ["model", "benchmark"] plus the overrides that vary.
+
+    Returns:
+        The paths written; [] (nothing written) when no group spans 3 or more layer indices.
+    """
+    profile = depth_profile(results, by)
+    return [] if profile.empty else _save_both(depth_profile_grid(profile, by, title), stem)
 
 
 def _layer_key(layer: str) -> tuple[int, int | str]:

@@ -65,7 +65,9 @@ class KeysConfig:
     num_workers: int = 0  # DataLoader processes that preprocess the next batches while the model runs
     shard_size: int = 16  # samples per cache shard: the unit of resume
     max_tokens_per_sample: int | None = 256  # per-modality cap per sample, seeded; None keeps all tokens
-    store_dtype: str = "float32"  # dtype of the cached keys: float32 | bfloat16 | float16
+    # dtype of the cached keys: auto (the model's compute dtype: bf16 on GPU, fp32 on CPU) | float32 | bfloat16
+    # | float16; statistics always run in float32
+    store_dtype: str = "auto"
     seed: int = 0  # seed of the per-sample token subsampling
 
 
@@ -102,6 +104,9 @@ class ReportConfig:
     tsne_points: int = 600  # points per layer in the t-SNE picture (seeded, balanced by modality)
     tsne_pca_dim: int = 50  # PCA components before t-SNE
     perplexity: float = 30.0  # t-SNE perplexity
+    # t-SNE at most this many of the job's layers (evenly spaced, first and last included): layer=every has
+    # 32 layers in LLaVA-1.5-7B, too many panels to read and minutes of t-SNE each job
+    tsne_max_layers: int = 8
     seed: int = 0
 
 

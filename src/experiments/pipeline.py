@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -28,9 +29,15 @@ from experiments.config import JobConfig
 from experiments.keys.extract import extract_keys
 from experiments.keys.layers import LayerSpec, resolve_layers
 from experiments.metrics.kernels import kernel_class
-from experiments.metrics.splits import check_metric_names, compare_modalities, parse_bandwidth
+from experiments.metrics.splits import (
+    check_metric_names,
+    compare_modalities,
+    parse_bandwidth,
+    plan_splits,
+    rows_needed,
+)
 from experiments.models import DTYPES, check_model_config, decoder_depth, load_model, resolve_device
-from experiments.store import KeySet, KeyStore, cache_descriptor
+from experiments.store import KeyStore, TokenIndex, cache_descriptor, store_dtype
 from experiments.tracking import check_logger, log_run
 
 log = logging.getLogger(__name__)
@@ -44,64 +51,80 @@ def run(cfg: DictConfig, output_dir: str | Path, group: str | None = None) -> No
     try:
         job: JobConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
         resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))
-        _run(job, out, resolved, group)
+        seconds = _run(job, out, resolved, group)
     except BaseException as error:
         log.exception("job failed after %.1f s (output dir %s)", time.time() - started, out)
         _write_status(out, {"status": "failed", "error": f"{type(error).__name__}: {error}",
                             "traceback": traceback.format_exc(), "seconds": time.time() - started})
         raise
-    _write_status(out, {"status": "completed", "seconds": time.time() - started})
+    _write_status(out, {"status": "completed", "seconds": time.time() - started, "stage_seconds": seconds})
 
 
-def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> None:
+def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[str, float]:
+    """The job body; returns seconds per stage (written into status.json)."""
     if job.num_threads:
         torch.set_num_threads(job.num_threads)
     _validate(job)
+    seconds: dict[str, float] = {}
+    tick = time.time()
     data = load_samples(job.benchmark)
     samples = data.samples
     layers = resolve_layers(job.layer.positions, job.layer.fractions, decoder_depth(job.model))
     log.info("%s on %s: %d samples, layers %s, key site %s", job.model.name, job.benchmark.name, len(samples),
              [(s.label, s.index) for s in layers], job.keys.site)
-    keyset = _cached_keys(job, samples, [s.index for s in layers])
+    seconds["samples"], tick = time.time() - tick, time.time()
+    store = KeyStore(job.paths.cache_dir, cache_descriptor(job), len(samples))
+    _extract_missing(job, store, samples, [s.index for s in layers])
+    index = store.index()
+    seconds["extract"], tick = time.time() - tick, time.time()
 
-    skipped = data.skipped + keyset.skipped
-    tokens = _token_stats(keyset)
+    skipped = data.skipped + index.skipped
+    n_used = len(index.sample_ids)
+    cache_bytes = store.layer_bytes([s.index for s in layers]) / n_used
+    tokens = _token_stats(index)
     stamp = _analysis_stamp(job, layers)
     results = _reuse(out / "results.parquet", stamp)
-    if results is None:
-        tick = time.time()
-        results = _statistics(job, keyset, layers)
-        log.info("statistics: %d values in %.1f s", len(results), time.time() - tick)
-        report.write_parquet(results, out / "results.parquet", {"stamp": stamp, "skipped_samples": skipped,
-                                                                "n_samples_used": len(keyset.sample_ids),
-                                                                **tokens})
     embedding = _reuse(out / "embedding.parquet", stamp)
-    if embedding is None:
-        tick = time.time()
-        embedding = _embedding(job, keyset, layers)
-        log.info("t-SNE of %d points in %.1f s", len(embedding), time.time() - tick)
-        report.write_parquet(embedding, out / "embedding.parquet", {"stamp": stamp})
+    if results is None or embedding is None:
+        fresh_results, fresh_embedding = _analyse(job, store, index, layers, results is None, embedding is None,
+                                                  seconds)
+        if results is None:
+            results = fresh_results
+            report.write_parquet(results, out / "results.parquet", {
+                "stamp": stamp, "skipped_samples": skipped, "n_samples_used": n_used,
+                "cache_bytes_per_sample": cache_bytes, **tokens})
+        if embedding is None:
+            embedding = fresh_embedding
+            report.write_parquet(embedding, out / "embedding.parquet", {"stamp": stamp})
+    tick = time.time()
     title = f"{job.model.name} on {job.benchmark.name} ({job.keys.site} keys)"
     figures = [out / "figures" / "boxplot.png", out / "figures" / "tsne.png"]
     report.boxplot_figure(results, figures[0], title)
     report.tsne_figure(embedding, figures[1], title)
+    if results["layer_index"].nunique() >= report.MIN_PROFILE_LAYERS:
+        figures.append(out / "figures" / "depth_profile.png")
+        report.depth_profile_figure(results, figures[-1], title)
+    seconds["figures"] = time.time() - tick
 
     image, text = tokens["image_tokens_per_sample"], tokens["text_tokens_per_sample"]
-    header = (f"keyspace: {title}: {len(keyset.sample_ids)} samples ({len(skipped)} skipped); per sample "
+    header = (f"keyspace: {title}: {n_used} samples ({len(skipped)} skipped); per sample "
               f"{image['mean']:.0f} image tokens ({image['min']}-{image['max']}) and {text['mean']:.0f} text tokens; "
-              f"{int(keyset.is_image.sum())} image / {int((~keyset.is_image).sum())} text tokens cached; "
+              f"{int(index.is_image.sum())} image / {int((~index.is_image).sum())} text tokens cached, "
+              f"{cache_bytes / 2**20:.2f} MiB of keys per sample ({len(layers)} layers, {store_dtype(job)}); "
               f"{job.analysis.n_splits} splits\nresults: {out / 'results.parquet'}  figures: {out / 'figures'}")
     summary = report.summary_text(results, header)
     print(summary, flush=True)
     log.info("\n%s", summary)
     tick = time.time()
     log_run(job.logger, out, resolved, results, figures, name=f"{job.model.name}-{job.benchmark.name}", group=group)
-    log.info("tracking (%s) in %.1f s", job.logger.name, time.time() - tick)
+    seconds["tracking"] = time.time() - tick
+    log.info("tracking (%s) in %.1f s", job.logger.name, seconds["tracking"])
+    return seconds
 
 
 def _analysis_stamp(job: JobConfig, layers: list[LayerSpec]) -> str:
     """Hash of everything the tables depend on: a rerun (requeue) reuses tables with the same stamp."""
-    inputs = {"keys": cache_descriptor(job, [s.index for s in layers]), "labels": [s.label for s in layers],
+    inputs = {"keys": cache_descriptor(job), "layers": [(s.label, s.index) for s in layers],
               **{name: asdict(getattr(job, name)) for name in ("analysis", "metric", "kernel", "report")}}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -114,9 +137,9 @@ def _reuse(path: Path, stamp: str) -> pd.DataFrame | None:
     return None
 
 
-def _token_stats(keyset: KeySet) -> dict[str, dict[str, float]]:
+def _token_stats(index: TokenIndex) -> dict[str, dict[str, float]]:
     """Mean, min and max image and text tokens per sample (before the per-sample cap)."""
-    counts = torch.tensor(list(keyset.token_counts.values()), dtype=torch.float64)  # [samples, 2]
+    counts = torch.tensor(list(index.token_counts.values()), dtype=torch.float64)  # [samples, 2]
     return {f"{name}_tokens_per_sample": {"mean": float(column.mean()), "min": int(column.min()),
                                          "max": int(column.max())}
             for name, column in (("image", counts[:, 0]), ("text", counts[:, 1]))}
@@ -129,54 +152,76 @@ def _validate(job: JobConfig) -> None:
     kernel_class(job.kernel.name)
     parse_bandwidth(job.kernel.bandwidth)
     check_logger(job.logger)
-    if job.keys.store_dtype not in DTYPES:
-        raise ValueError(f"keys.store_dtype={job.keys.store_dtype!r}: use one of {list(DTYPES)}")
+    if job.keys.store_dtype not in ("auto", *DTYPES):
+        raise ValueError(f"keys.store_dtype={job.keys.store_dtype!r}: use one of {['auto', *DTYPES]}")
 
 
-def _cached_keys(job: JobConfig, samples: list, layers: list[int]) -> KeySet:
-    """Keys from the cache; extracts (under the entry's lock) only the shards that are missing."""
-    store = KeyStore(job.paths.cache_dir, cache_descriptor(job, layers), len(samples))
+def _extract_missing(job: JobConfig, store: KeyStore, samples: list, layers: list[int]) -> None:
+    """Extract (under the entry's lock) only the (shard, layer) files of `layers` that the cache lacks."""
     with store.lock():
         store.remove_partial_files()
-        missing = store.missing()
+        missing = store.missing(layers)
         if not missing:
-            log.info("key cache hit: all %d shards in %s, no forward pass", store.n_shards, store.dir)
-        else:
-            log.info("key cache: extracting %d of %d shards into %s", len(missing), store.n_shards, store.dir)
-            loaded = load_model(job.model)
-            for shard in tqdm(missing, desc="key shards", unit="shard"):
-                numbers = store.shard_samples(shard)
-                records, skipped = extract_keys(
-                    loaded, [(n, samples[n]) for n in numbers], layers, job.keys.site, job.keys.batch_size,
-                    job.keys.max_tokens_per_sample, job.keys.seed, getattr(torch, job.keys.store_dtype),
-                    num_workers=job.keys.num_workers)
-                store.write(shard, records, skipped)
-    return store.load()
+            log.info("key cache hit: all %d shards of layers %s in %s, no forward pass", store.n_shards, layers,
+                     store.dir)
+            return
+        lacking = sorted({layer for gap in missing.values() for layer in gap})
+        log.info("key cache: extracting %d of %d shards into %s (layers %s)", len(missing), store.n_shards,
+                 store.dir, lacking)
+        loaded = load_model(job.model)
+        dtype = getattr(torch, store_dtype(job))
+        for shard, gap in tqdm(missing.items(), desc="key shards", unit="shard"):
+            numbers = store.shard_samples(shard)
+            records, skipped = extract_keys(
+                loaded, [(n, samples[n]) for n in numbers], gap, job.keys.site, job.keys.batch_size,
+                job.keys.max_tokens_per_sample, job.keys.seed, dtype, num_workers=job.keys.num_workers)
+            store.write(shard, gap, records, skipped)
 
 
-def _statistics(job: JobConfig, keyset: KeySet, layers: list[LayerSpec]) -> pd.DataFrame:
+def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[LayerSpec], statistics: bool,
+             embedding: bool, seconds: dict[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Statistics and t-SNE, one layer at a time, each reading only the token rows it uses from the cache.
+
+    t-SNE runs on at most `report.tsne_max_layers` of the layers, evenly spaced (first and last included).
+    """
+    is_image, sample = index.is_image.numpy(), index.sample.numpy()
+    splits = plan_splits(is_image, sample, n_splits=job.analysis.n_splits,
+                         max_tokens_per_group=job.analysis.max_tokens_per_group, seed=job.analysis.seed)
+    stat_rows = rows_needed(splits) if statistics else np.zeros(0, dtype=np.int64)
+    embed_rows = (report.embedding_rows(is_image, n_points=job.report.tsne_points, seed=job.report.seed)
+                  if embedding else np.zeros(0, dtype=np.int64))
+    needed = np.union1d(stat_rows, embed_rows)
+    pick = np.unique(np.linspace(0, len(layers) - 1, min(len(layers), job.report.tsne_max_layers)).round())
+    embedded = {layers[int(i)].index for i in pick}
     device = resolve_device(job.analysis.device)
-    rows = []
-    for spec in tqdm(layers, desc="statistics", unit="layer"):
-        for row in compare_modalities(
-                keyset.keys[spec.index].float(), keyset.is_image, keyset.sample, n_splits=job.analysis.n_splits,
-                max_tokens_per_group=job.analysis.max_tokens_per_group, seed=job.analysis.seed,
-                metric=job.metric, kernel=job.kernel, device=device):
-            rows.append({"model": job.model.name, "benchmark": job.benchmark.name, "layer": spec.label,
-                         "layer_index": spec.index, "key_site": job.keys.site, **row, "seed": job.analysis.seed,
-                         "prompt_style": job.benchmark.prompt_style})
-    return pd.DataFrame(rows)
-
-
-def _embedding(job: JobConfig, keyset: KeySet, layers: list[LayerSpec]) -> pd.DataFrame:
+    rows: list[dict] = []
     frames = []
-    for spec in tqdm(layers, desc="t-SNE", unit="layer"):
-        frame = report.embed_keys(keyset.keys[spec.index].float(), keyset.is_image, keyset.sample,
-                                  n_points=job.report.tsne_points, pca_dim=job.report.tsne_pca_dim,
-                                  perplexity=job.report.perplexity, seed=job.report.seed)
-        frame["sample_id"] = frame.pop("sample_number").map(keyset.sample_ids)
-        frames.append(frame.assign(model=job.model.name, benchmark=job.benchmark.name, layer=spec.label))
-    return pd.concat(frames, ignore_index=True)
+    seconds.update(read=0.0, statistics=0.0, embedding=0.0)
+    for spec in tqdm(layers, desc="analyse layers", unit="layer"):
+        tick = time.time()
+        keys = store.read(spec.index, needed, index).float()  # [len(needed), dim]
+        seconds["read"] += time.time() - tick
+        tick = time.time()
+        if statistics:
+            for row in compare_modalities(keys, needed, sample, splits, seed=job.analysis.seed, metric=job.metric,
+                                          kernel=job.kernel, device=device):
+                rows.append({"model": job.model.name, "benchmark": job.benchmark.name, "layer": spec.label,
+                             "layer_index": spec.index, "key_site": job.keys.site, **row, "seed": job.analysis.seed,
+                             "prompt_style": job.benchmark.prompt_style})
+        seconds["statistics"] += time.time() - tick
+        tick = time.time()
+        if embedding and spec.index in embedded:
+            frame = report.embed_keys(keys[torch.from_numpy(np.searchsorted(needed, embed_rows))],
+                                      is_image[embed_rows], sample[embed_rows], pca_dim=job.report.tsne_pca_dim,
+                                      perplexity=job.report.perplexity, seed=job.report.seed)
+            frame["sample_id"] = frame.pop("sample_number").map(index.sample_ids)
+            frames.append(frame.assign(model=job.model.name, benchmark=job.benchmark.name, layer=spec.label))
+        seconds["embedding"] += time.time() - tick
+        del keys
+    log.info("analysis of %d layers: %d of %d token rows read per layer; read %.1f s, statistics %.1f s, "
+             "t-SNE %.1f s", len(layers), len(needed), len(sample), seconds["read"], seconds["statistics"],
+             seconds["embedding"])
+    return pd.DataFrame(rows), (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
 
 
 def _write_status(out: Path, status: dict) -> None:

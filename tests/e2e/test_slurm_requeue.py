@@ -40,7 +40,7 @@ def test_preempted_job_is_requeued_and_resumes(slurm_cluster, tmp_path):  # noqa
                                 text=True)
     job_id = None
     try:
-        _wait_for(lambda: list(cache.glob("keys/*/shard-00002.safetensors")), "the first shards")
+        _wait_for(lambda: list(cache.glob("keys/*/shard-00002.layer-*.safetensors")), "the first shards")
         (job_dir,) = [d for d in (sweep / ".submitit").iterdir() if d.name.isdigit()]
         job_id = job_dir.name
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
@@ -68,6 +68,6 @@ def test_preempted_job_is_requeued_and_resumes(slurm_cluster, tmp_path):  # noqa
 
     (entry,) = (cache / "keys").iterdir()
     manifest = json.loads((entry / "manifest.json").read_text())
-    keys = KeyStore(cache, manifest["descriptor"], manifest["n_samples"]).load()
-    assert sorted(keys.sample_ids) == list(range(N_SAMPLES))
+    index = KeyStore(cache, manifest["descriptor"], manifest["n_samples"]).index()
+    assert sorted(index.sample_ids) == list(range(N_SAMPLES))
     assert (sweep / "summary.csv").exists()

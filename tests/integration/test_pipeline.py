@@ -145,10 +145,54 @@ def test_rerun_in_the_same_dir_reuses_tables_with_the_same_stamp(tmp_path, cache
     cfg = _cfg(cache_dir, ["layer=late", "metric=jsd", "logger=none"])
     run(cfg, tmp_path)
     first = pd.read_parquet(tmp_path / "results.parquet")
-    monkeypatch.setattr(pipeline, "_statistics", lambda *a: pytest.fail("statistics recomputed"))
+    monkeypatch.setattr(pipeline, "compare_modalities", lambda *a, **k: pytest.fail("statistics recomputed"))
     with caplog.at_level(logging.INFO):
         run(cfg, tmp_path)
     assert "results.parquet already written by an earlier attempt: reused" in caplog.text
     monkeypatch.undo()
     run(_cfg(cache_dir, ["layer=late", "metric=jsd", "logger=none", "analysis.n_splits=3"]), tmp_path)
     assert len(pd.read_parquet(tmp_path / "results.parquet")) == len(first) * 3 // 2
+
+
+def test_layer_sweep_reuses_one_entry_and_extracts_only_missing_layers(tmp_path, monkeypatch, caplog):
+    """`layer=late` extracts layer 3; `layer=all` then adds only 0 and 2; `early`/`late` afterwards extract nothing."""
+    import experiments.pipeline as pipeline
+
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.INFO):
+        run(_cfg(cache, ["layer=late", "logger=none", "metric=mmd"]), tmp_path / "late")
+        assert "extracting 2 of 2 shards" in caplog.text and "(layers [3])" in caplog.text
+        caplog.clear()
+        run(_cfg(cache, ["layer=all", "logger=none", "metric=mmd"]), tmp_path / "all")
+        assert "extracting 2 of 2 shards" in caplog.text and "(layers [0, 2])" in caplog.text
+    assert len(list((cache / "keys").iterdir())) == 1
+    monkeypatch.setattr(pipeline, "load_model", lambda *_: pytest.fail("a layer subset ran the model"))
+    for layer in ("early", "late"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            run(_cfg(cache, [f"layer={layer}", "logger=none", "metric=mmd"]), tmp_path / layer)
+        assert "key cache hit" in caplog.text
+    everything = pd.read_parquet(tmp_path / "all" / "results.parquet")
+    late = pd.read_parquet(tmp_path / "late" / "results.parquet")
+    pd.testing.assert_frame_equal(late.reset_index(drop=True),
+                                  everything[everything["layer"] == "late"].reset_index(drop=True))
+
+
+def test_analysis_reads_only_the_rows_it_uses(tmp_path, cache_dir, monkeypatch):
+    """Select, then read: each layer's read asks for the capped groups and the t-SNE points, not every token."""
+    from experiments.store import KeyStore
+
+    reads = []
+    real_read = KeyStore.read
+
+    def counting_read(self, layer, rows, index):
+        reads.append((layer, len(rows), len(index.sample)))
+        return real_read(self, layer, rows, index)
+
+    monkeypatch.setattr(KeyStore, "read", counting_read)
+    cfg = _cfg(cache_dir, ["logger=none", "metric=mmd", "benchmark.limit=24", "analysis.max_tokens_per_group=40",
+                           "analysis.n_splits=2", "report.tsne_points=30"])
+    run(cfg, tmp_path)
+    assert [layer for layer, _, _ in reads] == [0, 2, 3]  # one read per layer
+    for _, n_rows, n_tokens in reads:
+        assert n_rows <= 2 * 4 * 40 + 30 < n_tokens

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from experiments.config import KernelConfig, MetricConfig
-from experiments.metrics.splits import METRICS, _stratified_cap, compare_modalities
+from experiments.metrics.splits import METRICS, _stratified_cap, compare_modalities, plan_splits, rows_needed
 
 
 def _planted(n_samples: int = 16, tokens: int = 48, d: int = 8, shift: float = 1.5):
@@ -25,7 +25,9 @@ def test_every_metric_separates_the_planted_gap_from_the_controls():
     # 16 bins: histogram JSD is biased upward when groups are small next to the bin count
     metric = MetricConfig(names=list(METRICS), n_permutations=50, jsd_n_projections=4, jsd_bins=16,
                           sw_n_projections=16, c2st_folds=3)
-    rows = pd.DataFrame(compare_modalities(keys, is_image, sample, n_splits=2, max_tokens_per_group=200, seed=0,
+    splits = plan_splits(is_image.numpy(), sample.numpy(), n_splits=2, max_tokens_per_group=200, seed=0)
+    needed = rows_needed(splits)
+    rows = pd.DataFrame(compare_modalities(keys[torch.from_numpy(needed)], needed, sample.numpy(), splits, seed=0,
                                            metric=metric, kernel=KernelConfig(), device="cpu"))
     assert len(rows) == 2 * 3 * len(METRICS)
     means = rows.groupby(["metric", "comparison"])["value"].mean().unstack()
@@ -54,12 +56,25 @@ def test_stratified_cap_spreads_tokens_over_samples():
 def test_fewer_than_two_samples_is_refused():
     keys, is_image, sample = _planted(n_samples=1)
     with pytest.raises(ValueError, match="benchmark.limit"):
-        compare_modalities(keys, is_image, sample, n_splits=1, max_tokens_per_group=10, seed=0,
-                           metric=MetricConfig(), kernel=KernelConfig(), device="cpu")
+        plan_splits(is_image.numpy(), sample.numpy(), n_splits=1, max_tokens_per_group=10, seed=0)
 
 
 def test_unknown_metric_lists_the_valid_ones():
     keys, is_image, sample = _planted()
+    splits = plan_splits(is_image.numpy(), sample.numpy(), n_splits=1, max_tokens_per_group=10, seed=0)
     with pytest.raises(ValueError, match="valid metrics: .*mmd2"):
-        compare_modalities(keys, is_image, sample, n_splits=1, max_tokens_per_group=10, seed=0,
+        compare_modalities(keys, np.arange(len(keys)), sample.numpy(), splits, seed=0,
                            metric=MetricConfig(names=["mmd"]), kernel=KernelConfig(), device="cpu")
+
+
+def test_comparisons_on_the_selected_rows_equal_those_on_all_keys():
+    """Reading only `rows_needed` gives the same values as holding every key (select, then read)."""
+    keys, is_image, sample = _planted(n_samples=12, tokens=40)
+    splits = plan_splits(is_image.numpy(), sample.numpy(), n_splits=3, max_tokens_per_group=50, seed=1)
+    needed = rows_needed(splits)
+    assert len(needed) < len(keys)  # the caps leave tokens out
+    options = dict(seed=1, metric=MetricConfig(names=["mmd2", "energy"], n_permutations=20), kernel=KernelConfig(),
+                   device="cpu")
+    selected = compare_modalities(keys[torch.from_numpy(needed)], needed, sample.numpy(), splits, **options)
+    full = compare_modalities(keys, np.arange(len(keys)), sample.numpy(), splits, **options)
+    assert selected == full

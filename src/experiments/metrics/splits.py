@@ -1,5 +1,8 @@
 """Cross-modal comparison against intra-modal controls, over repeated random splits of the samples.
 
+Select, then compute: `plan_splits` chooses every token from the per-token metadata alone, so the caller
+reads only `rows_needed(splits)` from the key cache; `compare_modalities` then computes the metrics.
+
 For each repeat r (seeded by (seed, r)): the samples, not the tokens, are split into disjoint halves
 A and B (tokens of one image are correlated, so a token-level split would make the controls look
 artificially close). Each (half, modality) group is capped at `max_tokens_per_group` tokens, drawn
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -77,46 +81,73 @@ def check_metric_names(names: list[str]) -> None:
         raise ValueError(f"metric.names contains unknown {unknown}; valid metrics: {sorted(METRICS)}")
 
 
-def compare_modalities(keys: torch.Tensor, is_image: torch.Tensor, sample: torch.Tensor, *, n_splits: int,
-                       max_tokens_per_group: int, seed: int, metric: MetricConfig, kernel: KernelConfig,
-                       device: str) -> list[dict]:
-    """Rows {comparison, metric, kernel, split, value, p_value, n_x, n_y} for one layer's keys.
+@dataclass(frozen=True)
+class Split:
+    """One repeat: the token rows of each (half, modality) group, already capped (sorted global indices)."""
+
+    groups: dict[tuple[str, bool], np.ndarray]  # ("A" | "B", is_image) -> [group tokens]
+
+
+def plan_splits(is_image: np.ndarray, sample: np.ndarray, *, n_splits: int, max_tokens_per_group: int,
+                seed: int) -> list[Split]:
+    """Choose every token the comparisons will use, from the per-token metadata alone (no keys needed).
 
     Args:
-        keys: [tokens, kv_heads*head_dim] keys of one layer.
         is_image: [tokens] True for image tokens.
         sample: [tokens] sample number of each token (the block id).
 
     Raises:
-        ValueError: fewer than 2 samples with keys, or an unknown metric name.
+        ValueError: fewer than 2 samples with keys.
     """
-    check_metric_names(metric.names)
-    samples = np.unique(sample.numpy())
+    samples = np.unique(sample)
     if len(samples) < 2:
         raise ValueError(f"need at least 2 samples with keys to split into halves, got {len(samples)}: "
                          "raise benchmark.limit")
-    sample_np, image_np = sample.numpy(), is_image.numpy()
-    rows = []
+    splits = []
     for split in range(n_splits):
         rng = np.random.default_rng([seed, split])
         order = rng.permutation(samples)
-        half_a, half_b = order[: len(order) // 2], order[len(order) // 2:]
         groups = {}
-        for half, members in (("A", half_a), ("B", half_b)):
-            in_half = np.isin(sample_np, members)
+        for half, members in (("A", order[: len(order) // 2]), ("B", order[len(order) // 2:])):
+            in_half = np.isin(sample, members)
             for modality in (True, False):
-                idx = np.flatnonzero(in_half & (image_np == modality))
-                groups[half, modality] = _stratified_cap(idx, sample_np, max_tokens_per_group, rng)
+                idx = np.flatnonzero(in_half & (is_image == modality))
+                groups[half, modality] = _stratified_cap(idx, sample, max_tokens_per_group, rng)
+        splits.append(Split(groups))
+    return splits
+
+
+def rows_needed(splits: list[Split]) -> np.ndarray:
+    """Sorted unique token rows that any group of any split uses: all that must be read from the cache."""
+    return np.unique(np.concatenate([idx for split in splits for idx in split.groups.values()]))
+
+
+def compare_modalities(keys: torch.Tensor, rows: np.ndarray, sample: np.ndarray, splits: list[Split], *, seed: int,
+                       metric: MetricConfig, kernel: KernelConfig, device: str) -> list[dict]:
+    """Rows {comparison, metric, kernel, split, value, p_value, n_x, n_y} for one layer's keys.
+
+    Args:
+        keys: [len(rows), kv_heads*head_dim] keys of one layer at the token `rows` (sorted global indices that
+            include every row of `splits`, e.g. `rows_needed(splits)`).
+        sample: [tokens] sample number of every token of the entry (the block id).
+        splits: the groups of each repeat, from `plan_splits`.
+
+    Raises:
+        ValueError: an unknown metric name.
+    """
+    check_metric_names(metric.names)
+    out = []
+    for split, plan in enumerate(splits):
         for comparison, (mod_a, mod_b) in COMPARISONS.items():
-            ia, ib = groups["A", mod_a], groups["B", mod_b]
-            x, y = keys[torch.from_numpy(ia)], keys[torch.from_numpy(ib)]
-            gx, gy = torch.from_numpy(sample_np[ia]), torch.from_numpy(sample_np[ib])
+            ia, ib = plan.groups["A", mod_a], plan.groups["B", mod_b]
+            x, y = (keys[torch.from_numpy(np.searchsorted(rows, idx))] for idx in (ia, ib))
+            gx, gy = torch.from_numpy(sample[ia]), torch.from_numpy(sample[ib])
             for name in metric.names:
                 value, p_value = METRICS[name](x, y, gx, gy, metric, kernel, seed + split, device)
-                rows.append({"comparison": comparison, "metric": name,
-                             "kernel": kernel.name if name in KERNEL_METRICS else "none", "split": split,
-                             "value": float(value), "p_value": float(p_value), "n_x": len(ia), "n_y": len(ib)})
-    return rows
+                out.append({"comparison": comparison, "metric": name,
+                            "kernel": kernel.name if name in KERNEL_METRICS else "none", "split": split,
+                            "value": float(value), "p_value": float(p_value), "n_x": len(ia), "n_y": len(ib)})
+    return out
 
 
 def _stratified_cap(idx: np.ndarray, sample: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:

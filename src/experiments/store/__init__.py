@@ -1,5 +1,5 @@
-"""On-disk key cache: sharded, content-addressed, atomic, resumable (see `keystore.py`)."""
+"""On-disk key cache: sharded, one file per layer, content-addressed, atomic, resumable (see `keystore.py`)."""
 
-from experiments.store.keystore import KeySet, KeyStore, cache_descriptor
+from experiments.store.keystore import KeyStore, TokenIndex, cache_descriptor, entry_name, store_dtype
 
-__all__ = ["KeySet", "KeyStore", "cache_descriptor"]
+__all__ = ["KeyStore", "TokenIndex", "cache_descriptor", "entry_name", "store_dtype"]

@@ -1,79 +1,105 @@
-"""Sharded key cache keyed by a hash of everything that determines the keys.
+"""Key cache: one entry per (model, benchmark, key settings), sharded by sample, one file per layer.
 
-Layout: `<cache_dir>/keys/<model>-<benchmark>-<hash>/` holds `manifest.json` (the descriptor that was
-hashed, sample count, shard size) and `shard-00000.safetensors`, ... Shard k holds samples
-[k * shard_size, (k+1) * shard_size) in benchmark order. Every file is written to a temporary name
-and renamed into place, so a shard either exists whole or not at all: a killed job leaves only
-finished shards, and a rerun extracts only the missing ones. `lock()` serialises extraction between
-jobs that share the entry.
+Layout of an entry, `<cache_dir>/keys/<model>-<benchmark>-<hash>/`:
 
-Hashed: model (name, family, weights, path, revision, dtype, processor settings; for random weights also
-the seed and the architecture), the benchmark config, the resolved
-layer indices, key site, per-sample token cap, key seed, store dtype and shard size. Excluded on
-purpose: batch size, device and attention implementation (they change speed, not keys, beyond float
-rounding) and everything downstream of the keys (metrics, splits, report, logger).
+    manifest.json                       the descriptor that was hashed, sample count, shard size
+    shard-00000.tokens.safetensors      per-token metadata of samples [0, shard_size): is_image [T] bool,
+                                        sample [T] int64, position [T] int64; sample ids, token counts
+                                        and skipped samples in the file's metadata
+    shard-00000.layer-003.safetensors   keys [T, kv_heads*head_dim] of decoder layer 3, same rows
+    ...
+
+Layers are not part of the hash: a job that needs a subset of the stored layers reuses the entry, and
+one that needs more extracts only the missing (shard, layer) files. Every file is written to a
+temporary name and renamed into place, so it exists whole or not at all: a killed job leaves only
+finished files and a rerun extracts only what is missing. `lock()` serialises extraction between jobs
+that share the entry.
+
+Select, then read: `index()` loads only the per-token metadata; `read(layer, rows)` then reads just the
+chosen rows of one layer through a memory map of each shard's file (safetensors' documented layout: an
+8-byte header length, a JSON header, raw row-major data), so memory follows the rows asked for, not
+the benchmark.
+
+Hashed: model (name, family, weights, path, revision, dtype resolved for the device; for random weights
+also the seed, the architecture and the processor settings), the benchmark config, key site,
+per-sample token cap, key seed, store dtype (resolved) and shard size. Excluded on purpose: layers
+(stored per file), batch size, workers and attention implementation (they change speed, not keys,
+beyond float rounding) and everything downstream of the keys (metrics, splits, report, logger).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from experiments.atomic import atomic_write
 from experiments.config import JobConfig
 from experiments.keys.extract import SampleKeys
+from experiments.models import resolve_device, resolve_dtype
+
+# safetensors dtype tag -> (numpy dtype of the raw bytes, torch dtype they hold)
+_DTYPES = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16),
+           "BF16": (np.uint16, torch.bfloat16)}
 
 
-def cache_descriptor(cfg: JobConfig, layers: list[int]) -> dict[str, Any]:
-    """The config subset that determines the keys (see the module docstring for what is excluded)."""
+def store_dtype(cfg: JobConfig) -> str:
+    """`keys.store_dtype`, with `auto` resolved to the model's compute dtype on this job's device."""
+    if cfg.keys.store_dtype != "auto":
+        return cfg.keys.store_dtype
+    return str(resolve_dtype(cfg.model, resolve_device(cfg.model.device))).removeprefix("torch.")
+
+
+def cache_descriptor(cfg: JobConfig) -> dict[str, Any]:
+    """The resolved config subset that determines the keys (see the module docstring for what is excluded)."""
     m = cfg.model
     return {
         "model": {"name": m.name, "family": m.family, "weights": m.weights, "path": m.path, "revision": m.revision,
-                  "dtype": m.dtype, "processor": m.processor,
+                  "dtype": str(resolve_dtype(m, resolve_device(m.device))).removeprefix("torch."),
+                  "processor": m.processor,
                   **({"seed": m.seed, "architecture": m.architecture} if m.weights == "random" else {})},
         "benchmark": asdict(cfg.benchmark),
-        "layers": sorted(layers),
         "site": cfg.keys.site,
         "max_tokens_per_sample": cfg.keys.max_tokens_per_sample,
         "seed": cfg.keys.seed,
-        "store_dtype": cfg.keys.store_dtype,
+        "store_dtype": store_dtype(cfg),
         "shard_size": cfg.keys.shard_size,
     }
 
 
 @dataclass
-class KeySet:
-    """All cached tokens of one entry, concatenated over samples.
+class TokenIndex:
+    """Per-token metadata of a whole entry, concatenated over shards; the keys stay on disk.
 
     Attributes:
-        keys: layer index -> [tokens, kv_heads*head_dim].
         is_image: [tokens] True for image tokens.
         sample: [tokens] number (benchmark order) of the sample each token belongs to.
+        shard_offsets: [n_shards + 1] first token row of each shard (and the total).
         sample_ids: number -> the benchmark's sample id.
         token_counts: number -> (image tokens, text tokens) of the sample before the per-sample cap.
         skipped: samples dropped at extraction, as {"sample_id", "reason"}.
     """
 
-    keys: dict[int, torch.Tensor]
     is_image: torch.Tensor
     sample: torch.Tensor
+    shard_offsets: np.ndarray
     sample_ids: dict[int, str]
     token_counts: dict[int, tuple[int, int]]
     skipped: list[dict[str, str]]
 
 
 class KeyStore:
-    """One cache entry. `missing()` lists shards still to extract; `write()` and `load()` do the I/O."""
+    """One cache entry: `missing()` lists what is still to extract; `write`, `index` and `read` do the I/O."""
 
     def __init__(self, cache_dir: str | Path, descriptor: dict[str, Any], n_samples: int):
-        digest = hashlib.sha256(json.dumps(descriptor, sort_keys=True).encode()).hexdigest()[:16]
-        name = f"{descriptor['model']['name']}-{descriptor['benchmark']['name']}-{digest}"
-        self.dir = Path(cache_dir) / "keys" / name
+        self.dir = Path(cache_dir) / "keys" / entry_name(descriptor)
         self.descriptor, self.n_samples = descriptor, n_samples
         self.shard_size = int(descriptor["shard_size"])
         self.n_shards = -(-n_samples // self.shard_size)
@@ -93,63 +119,145 @@ class KeyStore:
     def shard_samples(self, shard: int) -> range:
         return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n_samples))
 
-    def missing(self) -> list[int]:
-        return [k for k in range(self.n_shards) if not self._shard_path(k).exists()]
+    def missing(self, layers: list[int]) -> dict[int, list[int]]:
+        """Shard -> the layers of `layers` it still lacks, for every shard that lacks any."""
+        gaps = {k: [i for i in sorted(layers) if not (self.tokens_path(k).exists() and self.layer_path(k, i).exists())]
+                for k in range(self.n_shards)}
+        return {k: lacking for k, lacking in gaps.items() if lacking}
 
-    def write(self, shard: int, records: list[SampleKeys], skipped: list[dict[str, str]]) -> None:
-        """Write shard `shard` atomically (and the manifest, if it is not there yet)."""
+    def write(self, shard: int, layers: list[int], records: list[SampleKeys], skipped: list[dict[str, str]]) -> None:
+        """Write the tokens file of `shard` (or check the stored one), then one keys file per layer of `layers`.
+
+        Raises:
+            RuntimeError: the shard's tokens file exists but lists other tokens than `records`.
+        """
         from safetensors.torch import save_file
 
-        self.dir.mkdir(parents=True, exist_ok=True)
         manifest = self.dir / "manifest.json"
         if not manifest.exists():
             body = {"descriptor": self.descriptor, "n_samples": self.n_samples, "n_shards": self.n_shards}
             atomic_write(manifest, lambda p: Path(p).write_text(json.dumps(body, indent=2)))
-        layers = self.descriptor["layers"]
-        tensors = {
+        tokens = {
             "is_image": _cat([r.is_image for r in records], torch.bool),
             "sample": _cat([torch.full((len(r.is_image),), r.number) for r in records], torch.int64),
             "position": _cat([r.position for r in records], torch.int64),
-            **{f"layers.{i}.keys": _cat([r.keys[i] for r in records], None) for i in layers},
         }
-        metadata = {"sample_ids": json.dumps({r.number: r.sample_id for r in records}),
-                    "token_counts": json.dumps({r.number: [r.n_image_tokens, r.n_text_tokens] for r in records}),
-                    "skipped": json.dumps(skipped)}
-        atomic_write(self._shard_path(shard), lambda p: save_file(tensors, p, metadata=metadata))
+        if self.tokens_path(shard).exists():
+            self._check_same_tokens(shard, tokens)
+        else:
+            metadata = {"sample_ids": json.dumps({r.number: r.sample_id for r in records}),
+                        "token_counts": json.dumps({r.number: [r.n_image_tokens, r.n_text_tokens] for r in records}),
+                        "skipped": json.dumps(skipped)}
+            atomic_write(self.tokens_path(shard), lambda p: save_file(tokens, p, metadata=metadata))
+        for layer in layers:
+            keys = torch.cat([r.keys[layer] for r in records]) if records else torch.zeros(0, 0)
+            atomic_write(self.layer_path(shard, layer), partial(_save_keys, keys))
 
-    def load(self) -> KeySet:
-        """Concatenate every shard; raises FileNotFoundError naming the missing shards."""
+    def index(self) -> TokenIndex:
+        """Per-token metadata of every shard (no keys); raises if a shard's tokens file is missing."""
         from safetensors import safe_open
 
-        if missing := self.missing():
-            raise FileNotFoundError(f"key cache {self.dir} lacks shards {missing}; rerun the job to extract them")
-        parts: dict[str, list[torch.Tensor]] = {}
+        if absent := [k for k in range(self.n_shards) if not self.tokens_path(k).exists()]:
+            raise FileNotFoundError(f"key cache {self.dir} lacks shards {absent}; rerun the job to extract them")
+        is_image, sample, offsets = [], [], [0]
         sample_ids: dict[int, str] = {}
         token_counts: dict[int, tuple[int, int]] = {}
         skipped: list[dict[str, str]] = []
         for k in range(self.n_shards):
-            with safe_open(str(self._shard_path(k)), framework="pt") as f:
+            with safe_open(str(self.tokens_path(k)), framework="pt") as f:
                 meta = f.metadata()
-                sample_ids.update({int(n): s for n, s in json.loads(meta["sample_ids"]).items()})
-                token_counts.update({int(n): (c[0], c[1]) for n, c in json.loads(meta["token_counts"]).items()})
-                skipped += json.loads(meta["skipped"])
-                for name in f.keys():
-                    parts.setdefault(name, []).append(f.get_tensor(name))
+                is_image.append(f.get_tensor("is_image"))
+                sample.append(f.get_tensor("sample"))
+            sample_ids.update({int(n): s for n, s in json.loads(meta["sample_ids"]).items()})
+            token_counts.update({int(n): (c[0], c[1]) for n, c in json.loads(meta["token_counts"]).items()})
+            skipped += json.loads(meta["skipped"])
+            offsets.append(offsets[-1] + len(is_image[-1]))
         if not sample_ids:
             raise ValueError(f"every sample was skipped at extraction ({len(skipped)}): first reason: "
                              f"{skipped[0]['reason'] if skipped else 'none'}")
-        cat = {name: torch.cat(ts) for name, ts in parts.items()}
-        return KeySet(keys={i: cat[f"layers.{i}.keys"] for i in self.descriptor["layers"]},
-                      is_image=cat["is_image"], sample=cat["sample"], sample_ids=sample_ids,
-                      token_counts=token_counts, skipped=skipped)
+        return TokenIndex(is_image=torch.cat(is_image), sample=torch.cat(sample), shard_offsets=np.array(offsets),
+                          sample_ids=sample_ids, token_counts=token_counts, skipped=skipped)
 
-    def _shard_path(self, shard: int) -> Path:
-        return self.dir / f"shard-{shard:05d}.safetensors"
+    def read(self, layer: int, rows: np.ndarray, index: TokenIndex) -> torch.Tensor:
+        """Keys `[len(rows), dim]` of `layer` at the global token `rows` (sorted, unique), in the stored dtype.
+
+        Only the requested rows are copied; each shard's file is memory-mapped and unmapped in turn.
+
+        Raises:
+            ValueError: `rows` is not sorted and unique, or lies outside the entry.
+            FileNotFoundError / RuntimeError: a needed layer file is missing or does not match its tokens file.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= index.shard_offsets[-1]):
+            raise ValueError("rows must be sorted, unique token indices inside the entry")
+        bounds = np.searchsorted(rows, index.shard_offsets)
+        parts = []
+        for k in range(self.n_shards):
+            local = rows[bounds[k]:bounds[k + 1]] - index.shard_offsets[k]
+            if len(local):
+                expected = int(index.shard_offsets[k + 1] - index.shard_offsets[k])
+                parts.append(_read_rows(self.layer_path(k, layer), local, expected))
+        return torch.cat(parts) if parts else torch.zeros(0, 0)
+
+    def layer_coverage(self) -> dict[int, int]:
+        """Layer -> how many shards hold its keys (`n_shards`: complete; fewer: partly extracted)."""
+        counts: dict[int, int] = {}
+        for path in self.dir.glob("shard-*.layer-*.safetensors"):
+            layer = int(path.name.split(".layer-")[1].split(".")[0])
+            counts[layer] = counts.get(layer, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def layer_bytes(self, layers: list[int]) -> int:
+        """Bytes on disk of the key files of `layers` (all shards)."""
+        return sum(self.layer_path(k, i).stat().st_size for k in range(self.n_shards) for i in layers
+                   if self.layer_path(k, i).exists())
+
+    def tokens_path(self, shard: int) -> Path:
+        return self.dir / f"shard-{shard:05d}.tokens.safetensors"
+
+    def layer_path(self, shard: int, layer: int) -> Path:
+        return self.dir / f"shard-{shard:05d}.layer-{layer:03d}.safetensors"
+
+    def _check_same_tokens(self, shard: int, tokens: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import load_file
+
+        stored = load_file(str(self.tokens_path(shard)))
+        if any(not torch.equal(stored[name], tokens[name]) for name in ("sample", "position", "is_image")):
+            raise RuntimeError(
+                f"key cache {self.dir}: the tokens extracted now for shard {shard} differ from the stored ones, so "
+                f"new layers cannot be added to this entry; remove it (python -m experiments.cache remove "
+                f"{self.dir.name}) and rerun")
 
 
-def _cat(tensors: list[torch.Tensor], dtype: torch.dtype | None) -> torch.Tensor:
-    if not tensors:  # a shard whose samples were all skipped
-        return torch.zeros(0, dtype=dtype or torch.float32)
-    out = torch.cat(tensors)
-    return out if dtype is None else out.to(dtype)
+def entry_name(descriptor: dict[str, Any]) -> str:
+    """Folder name of the entry: model and benchmark names and a hash of the whole descriptor."""
+    digest = hashlib.sha256(json.dumps(descriptor, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{descriptor['model']['name']}-{descriptor['benchmark']['name']}-{digest}"
 
+
+def _save_keys(keys: torch.Tensor, path: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"keys": keys}, path)
+
+
+def _read_rows(path: Path, rows: np.ndarray, expected_rows: int) -> torch.Tensor:
+    """Rows of the single tensor `keys` of a safetensors file, through a memory map."""
+    if not path.exists():
+        raise FileNotFoundError(f"key cache file {path} is missing; rerun the job to extract it")
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))["keys"]
+    shape, (begin, _) = header["shape"], header["data_offsets"]
+    if header["dtype"] not in _DTYPES or len(shape) != 2 or shape[0] != expected_rows:
+        raise RuntimeError(f"key cache file {path} holds {header['dtype']} {shape}, expected {expected_rows} rows "
+                           "of a 2-D float tensor: the file is damaged; delete it and rerun the job")
+    raw_dtype, dtype = _DTYPES[header["dtype"]]
+    mapped = np.memmap(path, dtype=raw_dtype, mode="r", offset=8 + header_len + begin, shape=tuple(shape))
+    taken = torch.from_numpy(np.ascontiguousarray(mapped[rows]))
+    del mapped  # unmap now: the file's pages leave this process
+    return taken.view(dtype)
+
+
+def _cat(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    return torch.cat(tensors).to(dtype) if tensors else torch.zeros(0, dtype=dtype)  # empty: every sample skipped

@@ -18,8 +18,9 @@ class ModelConfig:
     name: str = "???"  # short name written into every results row (tiny_llava, llava, ...)
     family: str = "???"  # adapter registry key: llava | llava_next | qwen2_5_vl
     weights: str = "pretrained"  # pretrained: load `path` | random: build `architecture` with random weights
-    # pretrained: hub id or local folder. random: where the built checkpoint is saved once and then loaded
-    # with from_pretrained (the tiny models); None builds in memory on the device (full-size smoke runs).
+    # pretrained: hub id or local folder. random: the folder under which each build is saved once, in a
+    # subfolder named by a hash of family, seed, architecture and processor settings, and then loaded with
+    # from_pretrained (the tiny models); None builds in memory on the device (full-size smoke runs).
     path: str | None = None
     revision: str | None = None  # hub revision (commit, tag); None = default branch
     seed: int = 0  # seed of random weights

@@ -170,3 +170,15 @@ def test_device_holds_only_the_requested_layers_keys(tiny, monkeypatch):
         keys = capture.run(**tiny.adapter.model_inputs(tiny.processor, [s.decoded() for s in samples]))
     assert len(most) == 4 and max(most) == 1  # layers 0..3 ran, each alone in the cache
     assert sorted(keys) == [key_name(i, "post_rope") for i in layers]
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_capture_uses_no_deprecated_transformers_argument(tiny, site):
+    """`past_key_values=` is deprecated (removed in transformers 5.40): capture passes the cache as `cache=`."""
+    import warnings
+
+    sample = _samples(1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with KeyCapture(tiny.model, tiny.adapter.layers(tiny.model), [1], site, torch.float32) as capture:
+            capture.run(**tiny.adapter.model_inputs(tiny.processor, [sample.decoded()]))

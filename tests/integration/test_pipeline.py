@@ -196,3 +196,11 @@ def test_analysis_reads_only_the_rows_it_uses(tmp_path, cache_dir, monkeypatch):
     assert [layer for layer, _, _ in reads] == [0, 2, 3]  # one read per layer
     for _, n_rows, n_tokens in reads:
         assert n_rows <= 2 * 4 * 40 + 30 < n_tokens
+
+
+def test_layer_every_gives_a_depth_profile(tmp_path, cache_dir):
+    run(_cfg(cache_dir, ["layer=every", "logger=none", "metric=mmd", "report.tsne_max_layers=2"]), tmp_path / "0")
+    results = pd.read_parquet(tmp_path / "0" / "results.parquet")
+    assert sorted(results["layer_index"].unique()) == [0, 1, 2, 3] and set(results["layer"]) == {"0", "1", "2", "3"}
+    assert (tmp_path / "0" / "figures" / "depth_profile.png").stat().st_size > 10_000
+    assert set(pd.read_parquet(tmp_path / "0" / "embedding.parquet")["layer"]) == {"0", "3"}  # 2 evenly spaced

@@ -41,7 +41,7 @@ def model_config(name: str, device: str):
     register_configs()
     overrides = [f"model={name}", "paths.cache_dir=.cache/keyspace", f"model.device={device}"]
     if not name.startswith("tiny"):  # full size: random weights of the published architecture, built on the GPU
-        overrides += ["model.weights=random", "model.path=null"]
+        overrides += ["model.weights=random"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         job = OmegaConf.to_object(compose(config_name="config", overrides=overrides))
     return dataclasses.replace(job.model, fast_paths=False), job.layer  # the baseline runs transformers as shipped

@@ -18,10 +18,11 @@ class ModelConfig:
     name: str = "???"  # short name written into every results row (tiny_llava, llava, ...)
     family: str = "???"  # adapter registry key: llava | llava_next | qwen2_5_vl
     weights: str = "pretrained"  # pretrained: load `path` | random: build `architecture` with random weights
-    # pretrained: hub id or local folder. random: the folder under which each build is saved once, in a
-    # subfolder named by a hash of family, seed, architecture and processor settings, and then loaded with
-    # from_pretrained (the tiny models); None builds in memory on the device (full-size smoke runs).
-    path: str | None = None
+    path: str | None = None  # pretrained: hub id or local checkpoint folder; unused by weights=random
+    # weights=random: the folder under which each build is saved once, in a subfolder named by a hash of
+    # family, seed, architecture and processor settings, then loaded with from_pretrained (the tiny models);
+    # None builds in memory on the device (full-size smoke runs, GPU benchmarks: nothing written to disk).
+    build_dir: str | None = None
     revision: str | None = None  # hub revision (commit, tag); None = default branch
     seed: int = 0  # seed of random weights
     # Published config.json fields of the architecture (nested text_config / vision_config), used by

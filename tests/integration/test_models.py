@@ -4,6 +4,7 @@ published image-token counts; random weights of a published architecture build o
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from PIL import Image
 
 from experiments.models import ModelUnavailableError, decoder_depth, get_adapter, load_model
 
-from ..conftest import tiny_model_config
+from ..conftest import REPO, tiny_model_config
 
 
 @pytest.mark.parametrize("name", ["llava", "qwen"])
@@ -63,12 +64,15 @@ def test_qwen_image_tokens_follow_its_pixel_budget(size, tmp_path):
 
 
 def test_random_weights_of_published_shape_build_in_memory(tmp_path):
-    """weights=random with no path builds in memory (here a 2-layer cut of Qwen2.5-VL-7B on the meta device)."""
+    """`model=qwen model.weights=random` builds in memory (here a 2-layer cut of Qwen2.5-VL-7B on the meta device);
+    the hub id left in `model.path` is not used, and nothing is written for it."""
     cfg = tiny_model_config("qwen", tmp_path)
-    cfg.weights, cfg.path, cfg.device, cfg.dtype = "random", None, "meta", "bfloat16"
+    cfg.weights, cfg.device, cfg.dtype = "random", "meta", "bfloat16"
+    assert cfg.path == "Qwen/Qwen2.5-VL-7B-Instruct" and cfg.build_dir is None
     cfg.architecture["text_config"]["num_hidden_layers"] = 2
     cfg.architecture["vision_config"]["depth"] = 2
     loaded = load_model(cfg)
     assert loaded.model.dtype == torch.bfloat16
     assert loaded.adapter.layers(loaded.model)[0].self_attn.k_proj.out_features == 512
     assert loaded.model.config.image_token_id == loaded.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert not (REPO / "Qwen").exists() and not Path("Qwen").exists()

@@ -1,6 +1,6 @@
 """The whole job at the published widths of LLaVA-1.5-7B and Qwen2.5-VL-7B, cut to 2 decoder and 2 vision layers.
 
-Random weights built in memory (`model.weights=random model.path=null`, fp32 on CPU), a vocabulary cut to
+Random weights built in memory (`model.weights=random`, fp32 on CPU), a vocabulary cut to
 the offline tokenizer's, 4 synthetic samples. What must match the published models: the keys' width
 (kv_heads*head_dim: 32*128 = 4096 for LLaVA, 4*128 = 512 for Qwen) and the image tokens per image
 (CLIP ViT-L/14 at 336 px: 576; Qwen at 448 x 448: 256). On one CPU thread: LLaVA about 50 s, Qwen about
@@ -32,7 +32,7 @@ PUBLISHED = {
                        "model.architecture.vision_config.fullatt_block_indexes=[1]",
                        "model.architecture.text_config.vocab_size=0"], (4, 128), 256),
 }
-JOB = ["model.weights=random", "model.path=null", f"benchmark.limit={N_SAMPLES}",
+JOB = ["model.weights=random", f"benchmark.limit={N_SAMPLES}",
        "layer.positions=[1]", "keys.max_tokens_per_sample=null", "keys.batch_size=2",
        "analysis.n_splits=2", "analysis.max_tokens_per_group=100000", "metric.n_permutations=20",
        "report.tsne_points=80", "logger=none"]  # vocab_size=0: raised to the offline tokenizer's size

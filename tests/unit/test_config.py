@@ -37,7 +37,7 @@ def test_default_job_is_the_offline_tiny_one():
     job = _compose([])
     assert (job.model.name, job.benchmark.name, job.layer.positions) == ("tiny_llava", "synthetic",
                                                                           ["early", "middle", "late"])
-    assert job.model.path.startswith("/tmp/x/models/") and job.logger.mode == "offline"
+    assert job.model.build_dir.startswith("/tmp/x/models/") and job.logger.mode == "offline"
 
 
 def test_explicit_layer_indices_compose_as_text():

@@ -95,7 +95,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     adapter = check_model_config(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg, device)
-    if cfg.weights == "random" and not cfg.path:
+    if cfg.weights == "random" and not cfg.build_dir:
         log.info("building %s with random weights on %s (%s)", cfg.name, device, dtype)
         model, processor = build_random(adapter, cfg, device, dtype)
     else:

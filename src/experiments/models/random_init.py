@@ -2,11 +2,11 @@
 
 Used for the embedded tiny models (saved once, atomically and under a file lock, then loaded with
 `from_pretrained` exactly like a downloaded checkpoint) and for full-size smoke runs and GPU
-benchmarks (`model.path=null`: built in memory on the device, same classes and FLOPs as the real
-checkpoints, no download). The architecture's special-token ids are tied to the offline tokenizer.
-Same seed, same weights.
+benchmarks (`model.build_dir=null`, the full-size configs' default: built in memory on the device,
+same classes and FLOPs as the real checkpoints, no download, nothing written). The architecture's
+special-token ids are tied to the offline tokenizer. Same seed, same weights.
 
-A saved build lives in `<model.path>/<hash>/`, the hash taken over everything that determines it
+A saved build lives in `<model.build_dir>/<hash>/`, the hash taken over everything that determines it
 (family, seed, architecture, processor settings), so an override such as
 `model.architecture.text_config.num_key_value_heads=4` gets its own folder instead of the default's.
 An existing folder is loaded only if its saved config is the one the request builds; otherwise the
@@ -62,10 +62,10 @@ def build_random(adapter: ModelAdapter, cfg: ModelConfig, device: str, dtype: An
 
 
 def checkpoint_dir(cfg: ModelConfig) -> Path:
-    """`<cfg.path>/<hash of family, seed, architecture, processor settings>`: the folder of that build."""
+    """`<cfg.build_dir>/<hash of family, seed, architecture, processor settings>`: the folder of that build."""
     spec = {"family": cfg.family, "seed": cfg.seed, "architecture": cfg.architecture, "processor": cfg.processor}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(str(cfg.path)) / digest
+    return Path(str(cfg.build_dir)) / digest
 
 
 def ensure_random_checkpoint(adapter: ModelAdapter, cfg: ModelConfig) -> Path:
@@ -73,7 +73,7 @@ def ensure_random_checkpoint(adapter: ModelAdapter, cfg: ModelConfig) -> Path:
 
     Args:
         adapter: the family's adapter.
-        cfg: a `weights=random` model config with a `path`.
+        cfg: a `weights=random` model config with a `build_dir`.
 
     Returns:
         `checkpoint_dir(cfg)`, holding `config.json`, the weights and the processor.

@@ -38,6 +38,8 @@ from typing import cast
 import numpy as np
 import pandas as pd
 
+from experiments.report.schema import RESULT_COLUMNS
+
 log = logging.getLogger(__name__)
 
 GROUP_COLUMNS = ["model", "benchmark", "layer", "layer_index", "key_site", "comparison", "metric", "kernel"]
@@ -178,7 +180,7 @@ def summarize(results: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     Returns:
         One row per group: the group columns, n, n_jobs, mean, std, ci_low, ci_high, p_value_median.
     """
-    known = set(GROUP_COLUMNS) | {"split", "value", "p_value", "n_x", "n_y", "seed", "prompt_style", "job"}
+    known = set(RESULT_COLUMNS) | {"job"}
     keys = GROUP_COLUMNS + [c for c in results.columns if c not in known]
     rows = []
     for key, part in results.groupby(keys, sort=True, dropna=False):

@@ -37,6 +37,7 @@ from experiments.metrics.splits import (
     rows_needed,
 )
 from experiments.models import DTYPES, check_model_config, decoder_depth, load_model, resolve_device
+from experiments.report.schema import RESULT_COLUMNS
 from experiments.store import KeyStore, TokenIndex, cache_descriptor, store_dtype
 from experiments.tracking import check_logger, log_run
 
@@ -221,7 +222,8 @@ def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[La
     log.info("analysis of %d layers: %d of %d token rows read per layer; read %.1f s, statistics %.1f s, "
              "t-SNE %.1f s", len(layers), len(needed), len(sample), seconds["read"], seconds["statistics"],
              seconds["embedding"])
-    return pd.DataFrame(rows), (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+    return (pd.DataFrame(rows, columns=list(RESULT_COLUMNS)),
+            pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
 
 
 def _write_status(out: Path, status: dict) -> None:

@@ -1,0 +1,22 @@
+"""The results table's columns, declared once: the pipeline writes them in this order; the aggregate,
+the summary and the tests read the names from here. New columns are added here, never re-spelled."""
+
+from __future__ import annotations
+
+RESULT_COLUMNS: dict[str, str] = {
+    "model": "short model name (model.name)",
+    "benchmark": "short benchmark name (benchmark.name)",
+    "layer": "layer label: position name (early, middle, late) or the index as text",
+    "layer_index": "decoder-layer index, 0-based",
+    "key_site": "post_rope | pre_rope",
+    "comparison": "image_vs_text | image_vs_image | text_vs_text",
+    "metric": "mmd2 | jsd | energy | sliced_wasserstein | c2st_auc",
+    "kernel": "the MMD kernel, or none for other metrics",
+    "split": "repeat index of the random split of samples into halves",
+    "value": "the statistic",
+    "p_value": "permutation p-value, (1 + #null >= value) / (1 + B); NaN without a test",
+    "n_x": "tokens on the first side",
+    "n_y": "tokens on the second side",
+    "seed": "analysis.seed",
+    "prompt_style": "benchmark.prompt_style",
+}

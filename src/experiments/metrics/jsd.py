@@ -1,23 +1,60 @@
-"""Jensen-Shannon divergence between two samples, averaged over 1-D projections.
+"""Jensen-Shannon divergence between two samples, averaged over 1-D projections, with bounded bias.
 
-Contract. Pooled sample z = x ∪ y. For each direction w from `projections.directions` (PCA of z,
-random unit directions, or none for 1-D data), project u = z·w and histogram x·w and y·w over the
-same `bins` equal-width bins spanning the pooled [min u, max u] (numpy's `histogram` binning: the last
-bin includes its right edge). With p, q the two normalised histograms and m = (p + q) / 2,
+Contract. Pooled sample z = x ∪ y (x rows first), N rows. For each direction w from
+`projections.directions` (PCA of z, random unit directions, or none for 1-D data), u = z·w is cut into
+bins whose edges come from the pooled u alone (so they do not depend on which rows are x):
 
-    JSD(p, q) = ½ Σ p log₂(p/m) + ½ Σ q log₂(q/m)    (0 log 0 = 0; in [0, 1])
+- `bins` an int b (or its decimal string): b equal-width bins spanning the pooled [min u, max u], with
+  numpy's `histogram` edge rules (the last bin includes its right edge). The historical estimator.
+- `bins="auto"`: b = ⌈2 (2 n_min)^(1/3)⌉ equal-mass bins, edges at the pooled quantiles j/b, where
+  n_min = min(n_x, n_y) of the observed split: the Rice rule for a balanced pair of the smaller group.
 
-which equals `scipy.spatial.distance.jensenshannon(p, q, base=2) ** 2`; the result is the mean over
-the directions. A constant projection puts both samples in one bin (JSD 0). Projections are float32,
-histograms and logarithms float64, on the inputs' device (or `device`).
+With counts c_x, c_y per bin, p = c_x / n_x, q = c_y / n_y and the mixture m = (p + q) / 2 (weights ½
+whatever n_x and n_y are), the plug-in estimate in bits is
+
+    JSD(p, q) = ½ Σ p log₂(p/m) + ½ Σ q log₂(q/m) = H(m) - (H(p) + H(q)) / 2   (0 log 0 = 0; in [0, 1])
+
+which equals `scipy.spatial.distance.jensenshannon(p, q, base=2) ** 2`. The result is the mean over
+directions, float64.
+
+Bias. A plug-in entropy is biased down by (k - 1) / (2 n ln 2) bits to first order (k occupied bins;
+Miller 1955; Paninski 2003, Neural Comput. 15:1191), so under x ~ y the plug-in JSD sits near
+(k - 1)(1/n_x + 1/n_y) / (8 ln 2) > 0: 0.075 for 64 bins at 300 tokens per group. `miller_madow`
+adds this second-order (delta-method) term back to each entropy: b_p = (k_p - 1) / (2 n_x ln 2) with
+k_p the bins p occupies (Miller-Madow), likewise b_q, and for the mixture, whose cells have variance
+(p(1-p)/n_x + q(1-q)/n_y) / 4, b_m = Σ_{m>0} (p(1-p)/n_x + q(1-q)/n_y) / (8 m ln 2) (Miller-Madow
+with 2n rows when n_x = n_y = n and p = q). JSD_MM = JSD + b_m - (b_p + b_q) / 2 is exactly 1 for
+disjoint supports whatever n_x and n_y; under the null it centres on 0, so a single value may be
+slightly negative (like unbiased MMD²), and values just above 1 are possible. It is not clamped.
+
+Miller-Madow undercorrects where many bins hold a count or two (occupied bins undercount the support):
+on 64 equal-width bins it leaves +0.023 at 300 tokens per group. Hence `auto` bins are equal-mass
+(every bin holds about N/b pooled rows, the partition of Darbellay & Vajda 1999, IEEE Trans. Inf.
+Theory 45:1315; invariant under monotone maps of u, so outliers and heavy tails cannot pile the bulk
+into a few bins) and their number grows as n^(1/3), the histogram's optimal rate (Scott 1979;
+Freedman & Diaconis 1981), tied to the smaller group, which drives the bias: it expects
+n_min / b ≈ 0.4 n_min^(2/3) rows per bin, 18 at 300 tokens (tying b to N left +0.024 at 1000 vs 50).
+Measured over 50 seeds at 300 tokens per group (tests/unit/test_jsd.py): null mean of JSD_MM on auto
+bins within ±0.002 (1-D Gaussian, t₃ at 300 vs 150, and d = 64 with 16 PCA projections) where the
+plug-in gives 0.055-0.077 on 64 bins and 0.017-0.025 on auto bins; against the integrated JSD of
+two Gaussians at 5000 rows per group, mean error ≤ 0.002 (single draws ≤ 0.016). A kNN estimator was
+not chosen: it does not reduce to bin counts, so permutations could not share one binning.
+(JSD: Lin 1991, IEEE Trans. Inf. Theory 37:145.)
+
+Projections are float32, counts exact in float32 GEMMs, logarithms float64, on z's device.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from experiments.metrics.inputs import Array, Device, as_pair
 from experiments.metrics.projections import directions
+
+ESTIMATORS = ("plugin", "miller_madow")
+LN2 = math.log(2.0)
 
 
 def jsd(
@@ -25,11 +62,15 @@ def jsd(
     y: Array,
     projection: str = "pca",
     n_projections: int = 16,
-    bins: int = 64,
+    bins: int | str = "auto",
     seed: int = 0,
     device: Device = None,
+    estimator: str = "miller_madow",
 ) -> float:
     """Jensen-Shannon divergence (base 2) between x and y, mean over 1-D projections.
+
+    The defaults reproduce the historical plug-in estimator; the pipeline's (`MetricConfig`) are
+    `bins="auto"`, `estimator="miller_madow"`. Equals `jsd_columns` on the observed split.
 
     Args:
         x: First sample `[n_x, d]` (torch or numpy; `[n]` is read as `[n, 1]`).
@@ -37,31 +78,120 @@ def jsd(
         projection: `pca` (top principal directions of the pooled sample), `random` (seeded unit
             directions) or `none` (d must be 1).
         n_projections: Number of directions (at most d for `pca`).
-        bins: Number of shared equal-width bins.
+        bins: A positive int (equal-width bins) or `"auto"` (equal-mass bins, count from min(n_x, n_y)).
         seed: Seed of the random directions.
         device: Compute device; None keeps the inputs' device (CPU for numpy).
+        estimator: `plugin` (clamped to [0, 1]) or `miller_madow` (bias-corrected, unclamped).
 
     Returns:
-        The mean JSD over the projections, in [0, 1].
+        The mean JSD over the projections.
 
     Raises:
-        ValueError: For bad inputs (naming `x` or `y`), an unknown projection, or `bins < 1`.
+        ValueError: For bad inputs (naming `x` or `y`), an unknown projection or estimator, or bad `bins`.
     """
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive int, got {bins!r}")
     tx, ty = as_pair(x, y, device)
     z = torch.cat([tx, ty])
-    w = directions(z, projection, n_projections, seed)
-    u = (z @ w).double()  # [N, k]
-    idx = shared_bins(u, bins)
-    n_x = tx.shape[0]
-    p = _histogram(idx[:n_x], bins) / n_x
-    q = _histogram(idx[n_x:], bins) / ty.shape[0]
-    m = (p + q) / 2
-    kl_pm = torch.xlogy(p, p).sub_(torch.xlogy(p, m)).sum(1)
-    kl_qm = torch.xlogy(q, q).sub_(torch.xlogy(q, m)).sum(1)
-    per_direction = (kl_pm + kl_qm) / (2 * torch.log(torch.tensor(2.0, dtype=torch.float64)))
-    return float(per_direction.clamp_(0.0, 1.0).mean())
+    observed = torch.zeros(z.shape[0], 1, dtype=z.dtype, device=z.device)
+    observed[: tx.shape[0]] = 1.0
+    values = jsd_columns(z, observed, projection=projection, n_projections=n_projections, bins=bins,
+                         estimator=estimator, seed=seed)
+    return float(values[0])
+
+
+def jsd_columns(
+    z: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    projection: str,
+    n_projections: int,
+    bins: int | str,
+    estimator: str,
+    seed: int,
+) -> torch.Tensor:
+    """JSD of every split of the pooled sample at once (observed split and permutations).
+
+    Directions and bin edges come from z alone, so they are shared by all columns; the counts of
+    every column are one GEMM, `masks^T @ one_hot(bin)`.
+
+    Args:
+        z: Pooled sample `[N, d]`, float32, x rows first.
+        masks: `[N, C]` float 0/1; column c marks the rows on the x side of split c (column 0: the
+            observed split). Each column needs at least one row on each side.
+        projection: `pca`, `random` or `none` (see `projections.directions`).
+        n_projections: Number of directions.
+        bins: A positive int or its decimal string (equal-width bins), or `"auto"` (equal-mass bins).
+        estimator: One of `ESTIMATORS`.
+        seed: Seed of the random directions.
+
+    Returns:
+        `[C]` float64: the mean JSD over directions of every column.
+
+    Raises:
+        ValueError: For an unknown projection or estimator, bad `bins`, or `masks` of the wrong shape,
+            not 0/1, or with an empty side.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown JSD estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}")
+    n_rows = z.shape[0]
+    masks = masks.to(device=z.device, dtype=torch.float32)
+    if masks.ndim != 2 or masks.shape[0] != n_rows:
+        raise ValueError(f"masks must have shape [N={n_rows}, C], got {tuple(masks.shape)}")
+    if not bool(((masks == 0) | (masks == 1)).all()):
+        raise ValueError("masks must hold only 0 and 1")
+    n_x = masks.sum(dim=0).double()  # [C]
+    if bool(((n_x == 0) | (n_x == n_rows)).any()):
+        raise ValueError("every column of masks needs at least one row on each side")
+    rule = parse_bins(bins)
+    u = (z @ directions(z, projection, n_projections, seed)).double()  # [N, k]
+    if isinstance(rule, int):
+        n_bins, idx = rule, shared_bins(u, rule)
+    else:
+        n_bins = auto_bins(int(min(n_x[0], n_rows - n_x[0])))
+        idx = equal_mass_bins(u, n_bins)
+    k = u.shape[1]
+    one_hot = torch.zeros(n_rows, k * n_bins, dtype=torch.float32, device=z.device)
+    one_hot.scatter_(1, idx + n_bins * torch.arange(k, device=z.device), 1.0)
+    c_x = (masks.T @ one_hot).double().view(-1, k, n_bins)  # [C, k, b]
+    c_y = one_hot.sum(dim=0).double().view(1, k, n_bins) - c_x
+    return _divergence(c_x, c_y, n_x[:, None, None], n_rows - n_x[:, None, None], estimator).mean(dim=1)
+
+
+def parse_bins(bins: int | str) -> int | str:
+    """Check the `bins` argument (config field `metric.jsd_bins`), e.g. once when a job starts.
+
+    Args:
+        bins: A positive int, its decimal string (Hydra hands str fields over as text), or `"auto"`.
+
+    Returns:
+        The number of equal-width bins as an int, or `"auto"`.
+
+    Raises:
+        ValueError: If `bins` is neither `"auto"` nor a positive integer, naming `metric.jsd_bins`.
+    """
+    if bins == "auto":
+        return bins
+    if isinstance(bins, str) and bins.strip().isdecimal():
+        bins = int(bins)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"metric.jsd_bins must be 'auto' or a positive integer, got {bins!r}")
+    return bins
+
+
+def auto_bins(n_min: int) -> int:
+    """⌈2 (2 n_min)^(1/3)⌉, the smallest b with b³ ≥ 16 n_min (exact in integers), for `bins="auto"`.
+
+    Args:
+        n_min: Size of the smaller group of the observed split, min(n_x, n_y).
+
+    Returns:
+        The number of equal-mass bins.
+    """
+    b = round(2 * (2 * n_min) ** (1 / 3))
+    while b**3 < 16 * n_min:  # step off the float cube root's round-off
+        b += 1
+    while (b - 1) ** 3 >= 16 * n_min:
+        b -= 1
+    return b
 
 
 def shared_bins(u: torch.Tensor, bins: int) -> torch.Tensor:
@@ -88,7 +218,38 @@ def shared_bins(u: torch.Tensor, bins: int) -> torch.Tensor:
     return idx + ((u >= right) & (idx != bins - 1)).long()
 
 
-def _histogram(idx: torch.Tensor, bins: int) -> torch.Tensor:
-    """Counts per column: `idx [n, k]` -> `[k, bins]` float64."""
-    counts = torch.zeros(idx.shape[1], bins, dtype=torch.float64, device=idx.device)
-    return counts.scatter_add_(1, idx.T, torch.ones_like(idx.T, dtype=torch.float64))
+def equal_mass_bins(u: torch.Tensor, bins: int) -> torch.Tensor:
+    """Bin index of every value, per column, with edges at the column's quantiles j / bins.
+
+    Edges are `torch.quantile` (linear interpolation) at j = 1 .. bins-1; a value equal to an edge
+    goes to the bin above it. Tied values share a bin, so some bins may be empty.
+
+    Args:
+        u: Values `[N, k]`, float64.
+        bins: Number of bins.
+
+    Returns:
+        Indices `[N, k]`, int64 in [0, bins).
+    """
+    levels = torch.arange(1, bins, dtype=u.dtype, device=u.device) / bins
+    edges = torch.quantile(u, levels, dim=0)  # [bins - 1, k]
+    return torch.searchsorted(edges.T.contiguous(), u.T.contiguous(), right=True).T
+
+
+def _divergence(
+    c_x: torch.Tensor, c_y: torch.Tensor, n_x: torch.Tensor, n_y: torch.Tensor, estimator: str
+) -> torch.Tensor:
+    """JSD in bits of each histogram pair: counts `[C, k, b]`, sizes `[C, 1, 1]` -> `[C, k]` float64."""
+    p, q = c_x / n_x, c_y / n_y
+    m = (p + q) / 2
+    kl_pm = torch.xlogy(p, p).sub_(torch.xlogy(p, m)).sum(-1)
+    kl_qm = torch.xlogy(q, q).sub_(torch.xlogy(q, m)).sum(-1)
+    value = (kl_pm + kl_qm) / (2 * LN2)
+    if estimator == "plugin":
+        return value.clamp_(0.0, 1.0)
+    n_x, n_y = n_x[..., 0], n_y[..., 0]  # [C, 1]
+    b_p = ((c_x > 0).sum(-1) - 1) / (2 * LN2 * n_x)
+    b_q = ((c_y > 0).sum(-1) - 1) / (2 * LN2 * n_y)
+    spread = p * (1 - p) / n_x[..., None] + q * (1 - q) / n_y[..., None]
+    b_m = torch.where(m > 0, spread / m.clamp_min(torch.finfo(m.dtype).tiny), 0.0).sum(-1) / (8 * LN2)
+    return value + b_m - (b_p + b_q) / 2

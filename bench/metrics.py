@@ -25,11 +25,17 @@ permutations) it times:
 Columns: seconds per test, keyspace / reference (target ≤ 1.5), faster peer / keyspace (target ≥ 30),
 relative differences of MMD² with keyspace. hyppo is skipped above --hyppo-max-n rows per group by
 default (its Python loop over O(N²) permutations takes hours at n = 4000).
+
+A second table times `experiments.metrics.permutation_test` for every metric on the same kind of data
+(n = 1,000 rows each, d = 4,096, B = 500 by default; the pipeline's options, `ENGINE_OPTIONS`), each
+as seconds and as a ratio to the mmd2 test's time in the same run (issue 10's target: each ≤ 3).
+`--table` picks the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -38,9 +44,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from experiments.metrics import mmd2, mmd_test
+from experiments.metrics import mmd2, mmd_test, permutation_test
 
 SIZES = [(n, d) for n in (1000, 4000) for d in (128, 512, 4096)]
+ENGINE_SIZES = [(1000, 4096)]
+ENGINE_OPTIONS: dict[str, dict[str, Any]] = {  # conf/metric/all.yaml, kernel=rbf
+    "mmd2": {"kernel": "rbf"},
+    "jsd": {"projection": "pca", "n_projections": 16, "bins": "auto", "estimator": "miller_madow"},
+    "energy": {},
+    "sliced_wasserstein": {"n_projections": 128},
+    "c2st_auc": {"folds": 5},
+}
 
 
 def reference_test(x: torch.Tensor, y: torch.Tensor, n_permutations: int, seed: int) -> tuple[float, float]:
@@ -173,14 +187,39 @@ def bench_size(xn: np.ndarray, yn: np.ndarray, n_permutations: int, repeats: int
             f"{t_ks / res['ref'][0]:>6.2f} {faster_peer / t_ks:>7.1f} | {diffs} | {ks.p_value:.3f} / {pvals}")
 
 
+def run_engine(sizes: list[tuple[int, int]], n_permutations: int, repeats: int) -> None:
+    """Time `permutation_test` for every metric; one row per size: seconds (ratio to mmd2) per metric."""
+    print(f"# permutation_test, B = {n_permutations}, best of {repeats}: seconds (time / mmd2 time)")
+    header = f"{'n':>5} {'d':>5} | " + " ".join(f"{name:>20}" for name in ENGINE_OPTIONS)
+    print(header)
+    print("-" * len(header))
+    for n, d in sizes:
+        rng = np.random.default_rng(n + d)
+        x = torch.from_numpy(rng.standard_normal((n, d), dtype=np.float32))
+        y = torch.from_numpy(rng.standard_normal((n, d), dtype=np.float32) + np.float32(0.1))
+        seconds = {}
+        for name, options in ENGINE_OPTIONS.items():
+            test = functools.partial(permutation_test, metric=name, n_permutations=n_permutations, seed=0,
+                                     **options)
+            seconds[name] = timed(repeats, test, x, y)[0]
+        base = seconds["mmd2"]
+        cells = " ".join(f"{f'{t:.2f} (x{t / base:.2f})':>20}" for t in seconds.values())
+        print(f"{n:>5} {d:>5} | {cells}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smallest size only (n = 1000, d = 128)")
     parser.add_argument("--permutations", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3, help="runs of keyspace and reference (best taken)")
     parser.add_argument("--hyppo-max-n", type=int, default=1000, help="largest n per group hyppo is run at")
+    parser.add_argument("--table", choices=("mmd", "engine", "both"), default="both",
+                        help="mmd: the MMD test against peers; engine: permutation_test for every metric")
     args = parser.parse_args()
-    run(SIZES[:1] if args.quick else SIZES, args.permutations, args.repeats, args.hyppo_max_n)
+    if args.table != "engine":
+        run(SIZES[:1] if args.quick else SIZES, args.permutations, args.repeats, args.hyppo_max_n)
+    if args.table != "mmd":
+        run_engine([(1000, 128)] if args.quick else ENGINE_SIZES, args.permutations, args.repeats)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Two-sample statistics between key distributions: MMD² (kernel family), JSD, permutation tests.
 
-Public API (arrays are torch tensors or numpy arrays `[n, d]`; every function but `c2st_auc` takes
-`device=None`, keeping the inputs' device, CPU for numpy):
+Public API (arrays are torch tensors or numpy arrays `[n, d]`; every function takes `device=None`,
+keeping the inputs' device, CPU for numpy):
 
 - `mmd2(x, y, kernel, bandwidth, unbiased, bandwidth_scale) -> float`
-- `mmd_test(x, y, kernel, bandwidth, n_permutations, seed, groups_x, groups_y, ...) -> TestResult`
+- `mmd_test(x, y, kernel, bandwidth, n_permutations, seed, groups_x, groups_y, ...) -> MMDTestResult`
 - `jsd(x, y, projection, n_projections, bins, seed) -> float`
 - `energy_distance(x, y) -> float`, `sliced_wasserstein(x, y, n_projections, seed) -> float`
-- `c2st_auc(x, y, groups_x, groups_y, folds, seed) -> float` (CPU, sklearn; no `device`)
+- `c2st_auc(x, y, groups_x, groups_y, folds, alpha, seed) -> float`
+- `permutation_test(x, y, metric, *, n_permutations, seed, groups_x, groups_y, device, **options)
+  -> TestResult` for every metric in `COLUMN_FUNCTIONS` (mmd2, jsd, energy, sliced_wasserstein, c2st_auc),
+  with the permutation null's mean and std.
 - `KERNELS`, `make_kernel(name, sigma)`: kernels by short name.
 """
 
@@ -15,14 +18,18 @@ from __future__ import annotations
 
 from experiments.metrics.c2st import c2st_auc
 from experiments.metrics.energy import energy_distance
+from experiments.metrics.engine import COLUMN_FUNCTIONS, permutation_test
 from experiments.metrics.jsd import jsd
 from experiments.metrics.kernels import KERNELS, Kernel, make_kernel
-from experiments.metrics.mmd import TestResult, mmd2, mmd_test
+from experiments.metrics.mmd import MMDTestResult, mmd2, mmd_test
+from experiments.metrics.permutations import TestResult
 from experiments.metrics.sliced import sliced_wasserstein
 
 __all__ = [
+    "COLUMN_FUNCTIONS",
     "KERNELS",
     "Kernel",
+    "MMDTestResult",
     "TestResult",
     "c2st_auc",
     "energy_distance",
@@ -30,5 +37,6 @@ __all__ = [
     "make_kernel",
     "mmd2",
     "mmd_test",
+    "permutation_test",
     "sliced_wasserstein",
 ]

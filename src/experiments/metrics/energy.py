@@ -4,13 +4,16 @@ Contract: `energy_distance(x, y) = 2E‖X-Y‖ - E‖X-X'‖ - E‖Y-Y'‖` with
 sample means over all pairs, diagonal zeros included (V-statistic; `unbiased=True` averages the
 within-sample terms over distinct pairs). This is the squared form: in 1-D it equals
 `scipy.stats.energy_distance(x, y) ** 2` (scipy returns the square root). It is MMD² with the
-`energy` kernel, computed by `mmd.mmd2`.
+`energy` kernel, computed by `mmd.mmd2`; `energy_columns` gives it for every split of a permutation
+test from the same pooled distance matrix (the column function of `engine.permutation_test`).
 """
 
 from __future__ import annotations
 
+import torch
+
 from experiments.metrics.inputs import Array, Device
-from experiments.metrics.mmd import mmd2
+from experiments.metrics.mmd import mmd2, mmd2_columns
 
 
 def energy_distance(x: Array, y: Array, unbiased: bool = False, device: Device = None) -> float:
@@ -29,3 +32,17 @@ def energy_distance(x: Array, y: Array, unbiased: bool = False, device: Device =
         ValueError: For bad inputs, naming `x` or `y`.
     """
     return mmd2(x, y, kernel="energy", unbiased=unbiased, device=device)
+
+
+def energy_columns(z: torch.Tensor, masks: torch.Tensor, *, unbiased: bool = False) -> torch.Tensor:
+    """Energy distance of every split of the pooled sample, as `energy_distance` defines it.
+
+    Args:
+        z: Pooled sample `[N, d]`, float32, x rows first.
+        masks: Splits `S [N, 1 + B]`, 0/1 float32 (`permutations.split_masks`; column 0 observed).
+        unbiased: Within-sample means over distinct pairs instead of all pairs.
+
+    Returns:
+        `[1 + B]` float64 on CPU; column 0 equals `energy_distance(x, y, unbiased)`.
+    """
+    return mmd2_columns(z, masks, kernel="energy", unbiased=unbiased)

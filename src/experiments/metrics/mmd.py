@@ -13,8 +13,10 @@ bandwidth σ from `bandwidth` (median heuristic over z, or a float) times `bandw
 
 so all B permuted statistics come from one float32 matrix product K·S reduced in float64, with
 each column's own n_x = 1ᵀs (block permutations change it); the observed split's sums are float64
-row sums. p = (1 + #{permuted ≥ observed}) / (1 + B), ties within float32 round-off (1e-6 of the
-kernel's scale) counting as ≥.
+row sums. Permuted statistics within float32 round-off (1e-6 of the kernel's scale) of the observed
+one are returned equal to it, so p = (1 + #{permuted ≥ observed}) / (1 + B) counts them as ties.
+`mmd2_columns` is the column function of `engine.permutation_test`; `mmd_test` is the same test
+with the kernel's bandwidth in its result.
 
 Compute: float32 on the inputs' device (or `device`), float64 for every sum over the matrix. The
 kernel matrix is computed once, in row blocks of at most `BLOCK_BYTES`, each used for all splits;
@@ -30,43 +32,27 @@ from typing import Any
 import torch
 
 from experiments.metrics.bandwidth import describe_rule, median_of_pairs, median_subsample
-from experiments.metrics.inputs import Array, Device, as_groups, as_pair, block_index
+from experiments.metrics.inputs import Array, Device, as_pair
 from experiments.metrics.kernels import Kernel, kernel_class
-from experiments.metrics.permutations import split_masks
+from experiments.metrics.permutations import TestResult, null_summary, pooled_splits, split_masks
 
 BLOCK_BYTES = 256 * 2**20
 _TIE_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
-class TestResult:
-    """Outcome of a two-sample permutation test.
+class MMDTestResult(TestResult):
+    """A `TestResult` of MMD² (metric `mmd2`, estimator `unbiased` or `biased`) with its kernel.
 
     Attributes:
-        statistic: Observed MMD² (estimator as in `estimator`).
-        p_value: (1 + #{permuted ≥ observed}) / (1 + n_permutations); nan when n_permutations is 0.
-        n_x: Rows of x.
-        n_y: Rows of y.
-        n_permutations: Number B of permuted splits.
         kernel: Kernel short name.
         bandwidth: σ actually used (after `bandwidth_scale`), or nan for kernels without one.
-        estimator: `unbiased` or `biased`.
         bandwidth_rule: How σ was chosen (`bandwidth.describe_rule`), e.g. `median_l2(exact) x1`.
-        permutation: `row` (each row is a unit) or `block` (whole blocks move together).
     """
 
-    __test__ = False  # not a pytest test class
-
-    statistic: float
-    p_value: float
-    n_x: int
-    n_y: int
-    n_permutations: int
     kernel: str
     bandwidth: float
-    estimator: str
     bandwidth_rule: str
-    permutation: str
 
 
 def mmd2(
@@ -100,8 +86,7 @@ def mmd2(
     tx, ty = as_pair(x, y, device)
     masks = split_masks(tx.shape[0], ty.shape[0], 0, seed)
     z = torch.cat([tx, ty])
-    stats, _, _ = _mmd2_columns(z, masks, kernel, bandwidth, bandwidth_scale, seed, unbiased)
-    return float(stats[0])
+    return float(_mmd2_columns(z, masks, kernel, bandwidth, bandwidth_scale, seed, unbiased)[0][0])
 
 
 def mmd_test(
@@ -116,7 +101,7 @@ def mmd_test(
     bandwidth_scale: float = 1.0,
     unbiased: bool = True,
     device: Device = None,
-) -> TestResult:
+) -> MMDTestResult:
     """Permutation test of H0: x and y come from one distribution, with MMD² as statistic.
 
     Args:
@@ -133,39 +118,58 @@ def mmd_test(
         device: Compute device; None keeps the inputs' device (CPU for numpy).
 
     Returns:
-        A `TestResult`. With blocks, each permutation sends whole blocks to a side, keeping the number
+        An `MMDTestResult`. With blocks, each permutation sends whole blocks to a side, keeping the number
         of blocks per side; the rows per side then vary and each split uses its own n_x, n_y.
 
     Raises:
         ValueError: For bad inputs naming the input (`x`, `y`, `groups_x`, `groups_y`), an unknown
             kernel, a bad bandwidth or a negative `n_permutations`.
     """
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 0:
-        raise ValueError(f"n_permutations must be an int >= 0, got {n_permutations!r}")
-    tx, ty = as_pair(x, y, device)
-    n_x, n_y = tx.shape[0], ty.shape[0]
-    if (groups_x is None) != (groups_y is None):
-        raise ValueError("groups_x and groups_y must be given together (or neither)")
-    blocks = None
-    if groups_x is not None:
-        blocks = block_index(as_groups(groups_x, n_x, "groups_x"), as_groups(groups_y, n_y, "groups_y"))
-    masks = split_masks(n_x, n_y, n_permutations, seed, blocks)
-    z = torch.cat([tx, ty])
-    stats, sigma, scale = _mmd2_columns(z, masks, kernel, bandwidth, bandwidth_scale, seed, unbiased)
-    observed, null = stats[0], stats[1:]
-    n_ge = int((null >= observed - _TIE_TOLERANCE * scale).sum())
-    return TestResult(
-        statistic=float(observed),
-        p_value=(1 + n_ge) / (1 + n_permutations) if n_permutations else math.nan,
-        n_x=n_x,
-        n_y=n_y,
+    splits = pooled_splits(x, y, n_permutations, seed, groups_x, groups_y, device)
+    n = splits.z.shape[0]
+    stats, sigma = _mmd2_columns(splits.z, splits.masks, kernel, bandwidth, bandwidth_scale, seed, unbiased)
+    return MMDTestResult(
+        **null_summary(stats),
+        n_x=splits.n_x,
+        n_y=splits.n_y,
         n_permutations=n_permutations,
+        metric="mmd2",
+        estimator="unbiased" if unbiased else "biased",
+        permutation=splits.permutation,
         kernel=kernel,
         bandwidth=math.nan if sigma is None else sigma,
-        estimator="unbiased" if unbiased else "biased",
-        bandwidth_rule=describe_rule(kernel_class(kernel), bandwidth, bandwidth_scale, n_x + n_y, seed),
-        permutation="row" if blocks is None else "block",
+        bandwidth_rule=describe_rule(kernel_class(kernel), bandwidth, bandwidth_scale, n, seed),
     )
+
+
+def mmd2_columns(
+    z: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    kernel: str = "rbf",
+    bandwidth: float | str = "median",
+    bandwidth_scale: float = 1.0,
+    unbiased: bool = True,
+    seed: int = 0,
+) -> torch.Tensor:
+    """MMD² of every split of the pooled sample (the column function of `engine.permutation_test`).
+
+    Args:
+        z: Pooled sample `[N, d]`, float32, x rows first.
+        masks: Splits `S [N, 1 + B]`, 0/1 float32 (`permutations.split_masks`; column 0 observed).
+        kernel: Kernel short name (`kernels.KERNELS`).
+        bandwidth: `"median"` or σ itself; computed once on the pooled sample, kept for all splits.
+        bandwidth_scale: Factor applied to σ.
+        unbiased: Unbiased (default) or biased estimator.
+        seed: Seed of the median subsample when N > 4000.
+
+    Returns:
+        `[1 + B]` float64 on CPU.
+
+    Raises:
+        ValueError: For an unknown kernel or a bad bandwidth.
+    """
+    return _mmd2_columns(z, masks, kernel, bandwidth, bandwidth_scale, seed, unbiased)[0]
 
 
 def _resolve_sigma(
@@ -215,7 +219,7 @@ def _mmd2_columns(
     scale: float,
     seed: int,
     unbiased: bool,
-) -> tuple[torch.Tensor, float | None, float]:
+) -> tuple[torch.Tensor, float | None]:
     """MMD² of every split in `masks` from one pass over the pooled kernel matrix.
 
     Args:
@@ -228,8 +232,9 @@ def _mmd2_columns(
         unbiased: Estimator.
 
     Returns:
-        `(stats [P] float64 on CPU, σ or None, kernel scale)`, the scale being
-        |Σ_xx| / n_x² + |Σ_yy| / n_y² + 2 |Σ_xy| / (n_x n_y) of the observed split (for tie tolerance).
+        `(stats [P] float64 on CPU, σ or None)`. Permuted statistics within 1e-6 of the kernel scale
+        |Σ_xx| / n_x² + |Σ_yy| / n_y² + 2 |Σ_xy| / (n_x n_y) of the observed split are set to the
+        observed statistic (ties: the float32 GEMM and the float64 row sums differ by round-off).
     """
     kind = kernel_class(kernel)
     raw = z
@@ -267,7 +272,9 @@ def _mmd2_columns(
     xy_mean = xy / (nx * ny)
     stats = (xx_mean + yy_mean - 2 * xy_mean).cpu()
     kscale = float(xx[0].abs() / nx[0] ** 2 + yy[0].abs() / ny[0] ** 2 + 2 * xy_mean[0].abs())
-    return stats, sigma, kscale
+    ties = (stats[1:] - stats[0]).abs() <= _TIE_TOLERANCE * kscale
+    stats[1:][ties] = stats[0]
+    return stats, sigma
 
 
 def _pairwise_rows(kind: type[Kernel], z: torch.Tensor, start: int, stop: int) -> torch.Tensor:

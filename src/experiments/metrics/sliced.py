@@ -1,4 +1,4 @@
-"""Sliced Wasserstein-1 distance between two samples.
+"""Sliced Wasserstein-1 distance between two samples, for one split or every split of a permutation test.
 
 Contract: for K directions θ_k uniform on the unit sphere (CPU `torch.Generator` seeded by `seed`,
 the same on every device),
@@ -7,7 +7,16 @@ the same on every device),
 
 with F the empirical CDFs (exact for unequal sample sizes: the integral is a sum over the gaps of the
 pooled sorted values, as in `scipy.stats.wasserstein_distance`). For 1-D data every direction is ±1,
-so SW₁ equals scipy's W₁. Projections float32, sorting and sums float64.
+so SW₁ equals scipy's W₁.
+
+All splits at once (`sliced_wasserstein_columns`): the directions and the projections of the pooled
+sample z do not depend on the split, so each projection is sorted once, t₁ ≤ … ≤ t_N. For a split s
+(0/1 per row, n_x = Σ s), the cumulative count c_i of x rows among the first i sorted rows gives
+F_x(t_i) = c_i / n_x and F_y(t_i) = (i - c_i) / n_y, and W₁ = Σ_{i<N} |F_x(t_i) - F_y(t_i)| (t_{i+1} - t_i)
+(tied values have a zero gap, so their order does not matter). Written as
+W₁ = N / (n_x n_y) · Σ_i |c_i - i n_x / N| (t_{i+1} - t_i), it costs a few passes over `[1 + B, K, N]`.
+Float32 on z's device (counts are exact; the sum over i is a cascade sum), float64 across directions;
+memory is bounded by `BLOCK_BYTES` by taking the directions in chunks.
 """
 
 from __future__ import annotations
@@ -15,7 +24,10 @@ from __future__ import annotations
 import torch
 
 from experiments.metrics.inputs import Array, Device, as_pair
+from experiments.metrics.permutations import split_masks
 from experiments.metrics.projections import directions
+
+BLOCK_BYTES = 256 * 2**20
 
 
 def sliced_wasserstein(
@@ -41,25 +53,42 @@ def sliced_wasserstein(
         ValueError: For bad inputs (naming `x` or `y`) or `n_projections < 1`.
     """
     tx, ty = as_pair(x, y, device)
-    w = directions(torch.cat([tx, ty]), "random", n_projections, seed)
-    return float(wasserstein_1d(tx @ w, ty @ w).mean())
+    masks = split_masks(tx.shape[0], ty.shape[0], 0, seed)
+    return float(sliced_wasserstein_columns(torch.cat([tx, ty]), masks, n_projections=n_projections, seed=seed)[0])
 
 
-def wasserstein_1d(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """W₁ between the empirical distributions of matching columns.
+def sliced_wasserstein_columns(
+    z: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    n_projections: int = 128,
+    seed: int = 0,
+) -> torch.Tensor:
+    """SW₁ of every split of the pooled sample (the column function of `engine.permutation_test`).
 
     Args:
-        u: Values `[n, k]`.
-        v: Values `[m, k]`.
+        z: Pooled sample `[N, d]`, float32, x rows first.
+        masks: Splits `S [N, 1 + B]`, 0/1 float32 (`permutations.split_masks`; column 0 observed).
+        n_projections: Number K of random directions.
+        seed: Seed of the directions.
 
     Returns:
-        `[k]` float64: W₁(u[:, j], v[:, j]) = Σ_i |F_u(t_i) - F_v(t_i)| (t_{i+1} - t_i) over the pooled
-        sorted values t.
+        `[1 + B]` float64 on z's device; column 0 equals `sliced_wasserstein(x, y, n_projections, seed)`.
+
+    Raises:
+        ValueError: If `n_projections < 1`.
     """
-    u_sorted = u.double().T.sort(dim=1).values.contiguous()  # [k, n]
-    v_sorted = v.double().T.sort(dim=1).values.contiguous()  # [k, m]
-    t = torch.cat([u_sorted, v_sorted], dim=1).sort(dim=1).values  # [k, n + m]
-    left = t[:, :-1].contiguous()
-    cdf_u = torch.searchsorted(u_sorted, left, right=True) / u_sorted.shape[1]
-    cdf_v = torch.searchsorted(v_sorted, left, right=True) / v_sorted.shape[1]
-    return ((cdf_u - cdf_v).abs() * t.diff(dim=1)).sum(dim=1)
+    w = directions(z, "random", n_projections, seed)
+    values, order = (z @ w).sort(dim=0)  # [N, K] each
+    gaps = values.diff(dim=0).T  # [K, N - 1]
+    s = masks.to(device=z.device, dtype=torch.float32).T.contiguous()  # [1 + B, N]
+    n, k = order.shape
+    n_x = s.sum(dim=1, dtype=torch.float64)  # [1 + B]
+    expected = (n_x / n).to(torch.float32)[:, None, None] * torch.arange(1, n, device=z.device)  # i n_x / N
+    total = torch.zeros(s.shape[0], dtype=torch.float64, device=z.device)
+    chunk = max(1, BLOCK_BYTES // (4 * n * s.shape[0]))
+    for start in range(0, k, chunk):
+        counts = s[:, order[:-1, start : start + chunk].T].cumsum(dim=2)  # [1 + B, k', N - 1]: c_i
+        excess = counts.sub_(expected).abs_().mul_(gaps[start : start + chunk])  # |c_i - i n_x / N| (t_{i+1} - t_i)
+        total += excess.sum(dim=2).sum(dim=1, dtype=torch.float64)
+    return total * n / (n_x * (n - n_x)) / k

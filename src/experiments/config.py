@@ -85,13 +85,19 @@ class AnalysisConfig:
 class MetricConfig:
     # metrics computed per comparison: mmd2 | jsd | energy | sliced_wasserstein | c2st_auc
     names: list[str] = field(default_factory=lambda: ["mmd2", "jsd"])
-    n_permutations: int = 200  # permutations for MMD p-values (0 = no test)
+    # block permutations (whole samples) of every metric's test: p-value and null mean/std (0 = no test)
+    n_permutations: int = 200
     unbiased: bool = True  # unbiased MMD^2 estimator (off-diagonal means) or biased
     jsd_projection: str = "pca"  # pca | random | none: 1-D projections the JSD is averaged over
     jsd_n_projections: int = 16  # how many projections
-    jsd_bins: int = 64  # shared equal-width histogram bins per projection
+    # histogram bins per projection, edges from the pooled sample: "auto" = ceil(2 (2 n_min)^(1/3)) equal-mass bins
+    # (n_min the smaller group; bounded bias, see metrics/jsd.py) or a number: that many equal-width bins (old: 64)
+    jsd_bins: str = "auto"
+    # miller_madow (second-order bias correction of each entropy; may dip below 0 under the null) | plugin
+    jsd_estimator: str = "miller_madow"
     sw_n_projections: int = 128  # random directions of the sliced Wasserstein distance
     c2st_folds: int = 5  # cross-validation folds of the classifier two-sample test (split by sample)
+    c2st_alpha: float = 1.0  # ridge penalty of the C2ST's closed-form classifier (standardised features)
 
 
 @dataclass

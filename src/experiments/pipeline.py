@@ -30,9 +30,8 @@ from experiments.keys.extract import extract_keys
 from experiments.keys.layers import LayerSpec, resolve_layers
 from experiments.metrics.kernels import kernel_class
 from experiments.metrics.splits import (
-    check_metric_names,
+    check_metric_config,
     compare_modalities,
-    parse_bandwidth,
     plan_splits,
     rows_needed,
 )
@@ -149,9 +148,8 @@ def _token_stats(index: TokenIndex) -> dict[str, dict[str, float]]:
 def _validate(job: JobConfig) -> None:
     """Fail on bad names before loading anything (each error names the field and the valid values)."""
     check_model_config(job.model)
-    check_metric_names(job.metric.names)
     kernel_class(job.kernel.name)
-    parse_bandwidth(job.kernel.bandwidth)
+    check_metric_config(job.metric, job.kernel)
     check_logger(job.logger)
     if job.keys.store_dtype not in ("auto", *DTYPES):
         raise ValueError(f"keys.store_dtype={job.keys.store_dtype!r}: use one of {['auto', *DTYPES]}")

@@ -41,6 +41,11 @@ def test_job_writes_results_and_rerun_reuses_cache(tmp_path, cache_dir, model, c
     assert results["value"].notna().all()
     mmd = results[results["metric"] == "mmd2"]
     assert mmd["p_value"].between(1 / 51, 1).all() and (mmd["kernel"] == "rbf").all()
+    # every metric has a permutation test; the controls sit inside their null, the gap far outside
+    assert results["p_value"].between(1 / 51, 1).all() and results["null_std"].gt(0).all()
+    controls = results[results["comparison"] != "image_vs_text"]
+    assert controls.groupby(["metric", "layer"])["value_z"].mean().abs().max() < 2
+    assert results[results["comparison"] == "image_vs_text"]["value_z"].min() > 3
     embedding = pd.read_parquet(first / "embedding.parquet")
     assert {"x", "y", "modality", "sample_id", "layer"} <= set(embedding.columns)
     assert set(embedding["modality"]) == {"image", "text"}

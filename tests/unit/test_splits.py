@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from experiments.config import KernelConfig, MetricConfig
-from experiments.metrics.splits import METRICS, _stratified_cap, compare_modalities, plan_splits, rows_needed
+from experiments.metrics.splits import OPTIONS, _stratified_cap, compare_modalities, plan_splits, rows_needed
 
 
 def _planted(n_samples: int = 16, tokens: int = 48, d: int = 8, shift: float = 1.5):
@@ -22,24 +22,25 @@ def _planted(n_samples: int = 16, tokens: int = 48, d: int = 8, shift: float = 1
 
 def test_every_metric_separates_the_planted_gap_from_the_controls():
     keys, is_image, sample = _planted()
-    # 16 bins: histogram JSD is biased upward when groups are small next to the bin count
-    metric = MetricConfig(names=list(METRICS), n_permutations=50, jsd_n_projections=4, jsd_bins=16,
-                          sw_n_projections=16, c2st_folds=3)
+    metric = MetricConfig(names=list(OPTIONS), n_permutations=50, jsd_n_projections=4, sw_n_projections=16,
+                          c2st_folds=3)
     splits = plan_splits(is_image.numpy(), sample.numpy(), n_splits=2, max_tokens_per_group=200, seed=0)
     needed = rows_needed(splits)
     rows = pd.DataFrame(compare_modalities(keys[torch.from_numpy(needed)], needed, sample.numpy(), splits, seed=0,
                                            metric=metric, kernel=KernelConfig(), device="cpu"))
-    assert len(rows) == 2 * 3 * len(METRICS)
+    assert len(rows) == 2 * 3 * len(OPTIONS)
     means = rows.groupby(["metric", "comparison"])["value"].mean().unstack()
-    for name in set(METRICS) - {"c2st_auc"}:
+    for name in set(OPTIONS) - {"c2st_auc"}:
         assert means.loc[name, "image_vs_text"] > 3 * max(means.loc[name, "image_vs_image"],
                                                           means.loc[name, "text_vs_text"], 0.05), name
     assert means.loc["c2st_auc", "image_vs_text"] > 0.95  # AUC: 0.5 under the null
     assert means.loc["c2st_auc", ["image_vs_image", "text_vs_text"]].max() < 0.65
-    mmd = rows[rows["metric"] == "mmd2"]
-    assert (mmd[mmd["comparison"] == "image_vs_text"]["p_value"] == 1 / 51).all()
-    assert rows[rows["metric"] != "mmd2"]["p_value"].isna().all() and (rows["kernel"][rows["metric"] != "mmd2"]
-                                                                       == "none").all()
+    # every metric has a p-value and a null: the gap is beyond every permutation, the controls sit in the null
+    cross, controls = rows[rows["comparison"] == "image_vs_text"], rows[rows["comparison"] != "image_vs_text"]
+    assert (cross["p_value"] == 1 / 51).all() and (cross["value_z"] > 2.5).all()
+    assert controls.groupby("metric")["value_z"].mean().abs().max() < 2
+    assert ((rows["value_centered"] - (rows["value"] - rows["null_mean"])).abs() < 1e-12).all()
+    assert (rows["kernel"][rows["metric"] != "mmd2"] == "none").all()
     # text groups (32 tokens x 8 samples) capped at 200 tokens; image groups (16 x 8 = 128) left whole
     assert (rows[rows["comparison"] == "text_vs_text"]["n_x"] == 200).all()
     assert (rows[rows["comparison"] != "text_vs_text"]["n_x"] == 128).all()

@@ -7,8 +7,10 @@ For each repeat r (seeded by (seed, r)): the samples, not the tokens, are split 
 A and B (tokens of one image are correlated, so a token-level split would make the controls look
 artificially close). Each (half, modality) group is capped at `max_tokens_per_group` tokens, drawn
 stratified by sample (every sample gives about as many tokens). Then every configured metric is
-computed for image(A) vs text(B), image(A) vs image(B) and text(A) vs text(B), with block ids =
-sample numbers so permutation tests move whole samples. One row per (comparison, metric, repeat).
+computed for image(A) vs text(B), image(A) vs image(B) and text(A) vs text(B) with one permutation
+test (`metrics.engine`), block ids = sample numbers so permutations move whole samples. One row per
+(comparison, metric, repeat): the value, its p-value, the permutation null's mean and std, and the value
+centred on the null mean (raw and in null standard deviations), so controls centre on 0 for every metric.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import numpy as np
 import torch
 
 from experiments.config import KernelConfig, MetricConfig
-from experiments.metrics import c2st_auc, energy_distance, jsd, mmd2, mmd_test, sliced_wasserstein
+from experiments.metrics.engine import permutation_test
+from experiments.metrics.jsd import ESTIMATORS, parse_bins
 
 COMPARISONS = {  # name -> (modality of the A side, modality of the B side); True = image
     "image_vs_text": (True, False),
@@ -30,38 +33,16 @@ COMPARISONS = {  # name -> (modality of the A side, modality of the B side); Tru
     "text_vs_text": (False, False),
 }
 
-MetricFn = Callable[..., tuple[float, float]]
-
-
-def _mmd2(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, device: str) -> tuple[float, float]:
-    options: dict[str, Any] = dict(kernel=kernel.name, bandwidth=parse_bandwidth(kernel.bandwidth),
-                   bandwidth_scale=kernel.bandwidth_scale, unbiased=metric.unbiased, seed=seed, device=device)
-    if metric.n_permutations == 0:
-        return mmd2(x, y, **options), math.nan
-    test = mmd_test(x, y, n_permutations=metric.n_permutations, groups_x=gx, groups_y=gy, **options)
-    return test.statistic, test.p_value
-
-
-def _jsd(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, device: str) -> tuple[float, float]:
-    value = jsd(x, y, projection=metric.jsd_projection, n_projections=metric.jsd_n_projections,
-                bins=metric.jsd_bins, seed=seed, device=device)
-    return value, math.nan
-
-
-def _energy(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, device: str) -> tuple[float, float]:
-    return energy_distance(x, y, device=device), math.nan
-
-
-def _sliced(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, device: str) -> tuple[float, float]:
-    return sliced_wasserstein(x, y, n_projections=metric.sw_n_projections, seed=seed, device=device), math.nan
-
-
-def _c2st(x, y, gx, gy, metric: MetricConfig, kernel: KernelConfig, seed: int, device: str) -> tuple[float, float]:
-    return c2st_auc(x.cpu(), y.cpu(), groups_x=gx, groups_y=gy, folds=metric.c2st_folds, seed=seed), math.nan
-
-
-METRICS: dict[str, MetricFn] = {"mmd2": _mmd2, "jsd": _jsd, "energy": _energy, "sliced_wasserstein": _sliced,
-                                "c2st_auc": _c2st}
+# metric name -> its options for `permutation_test`, from the metric and kernel config groups
+OPTIONS: dict[str, Callable[[MetricConfig, KernelConfig], dict[str, Any]]] = {
+    "mmd2": lambda m, k: {"kernel": k.name, "bandwidth": parse_bandwidth(k.bandwidth),
+                          "bandwidth_scale": k.bandwidth_scale, "unbiased": m.unbiased},
+    "jsd": lambda m, k: {"projection": m.jsd_projection, "n_projections": m.jsd_n_projections,
+                         "bins": parse_bins(m.jsd_bins), "estimator": m.jsd_estimator},
+    "energy": lambda m, k: {},
+    "sliced_wasserstein": lambda m, k: {"n_projections": m.sw_n_projections},
+    "c2st_auc": lambda m, k: {"folds": m.c2st_folds, "alpha": m.c2st_alpha},
+}
 KERNEL_METRICS = {"mmd2"}  # metrics whose rows carry the kernel name
 
 
@@ -75,10 +56,15 @@ def parse_bandwidth(bandwidth: str) -> str | float:
         raise ValueError(f"kernel.bandwidth={bandwidth!r}: use 'median' or a positive number") from None
 
 
-def check_metric_names(names: list[str]) -> None:
-    unknown = [n for n in names if n not in METRICS]
+def check_metric_config(metric: MetricConfig, kernel: KernelConfig) -> None:
+    """Fail on unknown metric names and unparsable options before anything runs."""
+    unknown = [n for n in metric.names if n not in OPTIONS]
     if unknown:
-        raise ValueError(f"metric.names contains unknown {unknown}; valid metrics: {sorted(METRICS)}")
+        raise ValueError(f"metric.names contains unknown {unknown}; valid metrics: {sorted(OPTIONS)}")
+    if metric.jsd_estimator not in ESTIMATORS:
+        raise ValueError(f"metric.jsd_estimator={metric.jsd_estimator!r}: use one of {list(ESTIMATORS)}")
+    for options in OPTIONS.values():
+        options(metric, kernel)  # parses kernel.bandwidth and metric.jsd_bins
 
 
 @dataclass(frozen=True)
@@ -135,7 +121,7 @@ def compare_modalities(keys: torch.Tensor, rows: np.ndarray, sample: np.ndarray,
     Raises:
         ValueError: an unknown metric name.
     """
-    check_metric_names(metric.names)
+    check_metric_config(metric, kernel)
     out = []
     for split, plan in enumerate(splits):
         for comparison, (mod_a, mod_b) in COMPARISONS.items():
@@ -143,10 +129,15 @@ def compare_modalities(keys: torch.Tensor, rows: np.ndarray, sample: np.ndarray,
             x, y = (keys[torch.from_numpy(np.searchsorted(rows, idx))] for idx in (ia, ib))
             gx, gy = torch.from_numpy(sample[ia]), torch.from_numpy(sample[ib])
             for name in metric.names:
-                value, p_value = METRICS[name](x, y, gx, gy, metric, kernel, seed + split, device)
+                test = permutation_test(x, y, name, n_permutations=metric.n_permutations, seed=seed + split,
+                                        groups_x=gx, groups_y=gy, device=device, **OPTIONS[name](metric, kernel))
+                centered = test.statistic - test.null_mean
                 out.append({"comparison": comparison, "metric": name,
                             "kernel": kernel.name if name in KERNEL_METRICS else "none", "split": split,
-                            "value": float(value), "p_value": float(p_value), "n_x": len(ia), "n_y": len(ib)})
+                            "value": test.statistic, "p_value": test.p_value, "null_mean": test.null_mean,
+                            "null_std": test.null_std, "value_centered": centered,
+                            "value_z": centered / test.null_std if test.null_std > 0 else math.nan,
+                            "n_x": len(ia), "n_y": len(ib)})
     return out
 
 

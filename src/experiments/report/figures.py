@@ -44,6 +44,7 @@ def boxplot_figure(results: pd.DataFrame, path: Path, title: str) -> None:
                                                  if many else {"hue": "layer"}))
         kernel = data["kernel"].iloc[0]
         ax.set_title(metric if kernel == "none" else f"{metric} ({kernel} kernel)")
+        null_band(ax, data, "comparison", COMPARISON_ORDER)
         ax.set_xlabel("")
         ax.set_ylabel("value")
         ax.tick_params(axis="x", labelrotation=15)
@@ -178,6 +179,24 @@ def depth_profile_figure(results: pd.DataFrame, path: Path, title: str) -> None:
         raise ValueError(f"a depth profile needs results at {MIN_PROFILE_LAYERS} or more layers; these have "
                          f"layer_index {sorted(results['layer_index'].unique().tolist())}")
     save_figure(depth_profile_grid(profile, by, title), path)
+
+
+def null_band(ax, data: pd.DataFrame, x: str, order: list[str]) -> None:
+    """Shade, behind each category of the x axis, the permutation null: mean null_mean ± 2 null_std.
+
+    Pooled over the category's rows (splits, layers, comparisons): where the values of a control fall
+    inside the band, the control is indistinguishable from no difference. Nothing is drawn for rows
+    without a null (no permutation test).
+    """
+    if "null_mean" not in data or data["null_mean"].isna().all():
+        return
+    null = data.groupby(x)[["null_mean", "null_std"]].mean()
+    for position, category in enumerate(order):
+        if category in null.index and not null.loc[category].isna().any():
+            centre, spread = null.loc[category, "null_mean"], 2 * null.loc[category, "null_std"]
+            ax.fill_between([position - 0.45, position + 0.45], centre - spread, centre + spread, color="grey",
+                            alpha=0.18, linewidth=0, zorder=0, label="permutation null ± 2 sd" if position == 0
+                            else None)
 
 
 def pyplot():

@@ -6,7 +6,9 @@ import pandas as pd
 
 
 def summary_text(results: pd.DataFrame, header: str) -> str:
-    """Mean ± std over splits per layer × metric × comparison, the cross/intra ratio and median p."""
+    """Mean ± std over splits per layer × metric × comparison, the cross/intra ratio, median p and the
+    null-calibrated effect (mean `value_z`: distance from the permutation null in null standard deviations;
+    the controls should sit within about ±2)."""
     lines = [header, ""]
     grouped = results.groupby(["layer_index", "layer", "metric", "comparison"], sort=True)["value"]
     stats = grouped.agg(["mean", "std"]).reset_index()
@@ -21,5 +23,10 @@ def summary_text(results: pd.DataFrame, header: str) -> str:
                     & (results["comparison"] == "image_vs_text")]["p_value"].dropna()
         if len(p):
             line += f"  median p(image_vs_text) {p.median():.3g}"
+        z = results[(results["layer_index"] == index) & (results["metric"] == metric)].groupby("comparison")[
+            "value_z"].mean().dropna()
+        if {"image_vs_text", "image_vs_image", "text_vs_text"} <= set(z.index):
+            line += (f"  z vs null: cross {z['image_vs_text']:+.1f}, controls {z['image_vs_image']:+.1f} / "
+                     f"{z['text_vs_text']:+.1f}")
         lines.append(line)
     return "\n".join(lines)

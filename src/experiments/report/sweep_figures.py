@@ -3,7 +3,8 @@
 Figure 1 (`tsne_grid`): one row per model, one column per benchmark x layer (the paper's 2 x 6 grid for
 2 models, 2 benchmarks, 3 layers), tokens coloured by modality, from the jobs' `embedding.parquet`.
 Figure 2 (`comparison_boxplots`): one panel per metric (and kernel); per model, the image_vs_text values
-beside the image_vs_image and text_vs_text controls, pooled over layers, benchmarks and splits.
+beside the image_vs_image and text_vs_text controls, pooled over layers, benchmarks and splits, over a
+grey band: the permutation null (mean ± 2 sd).
 Figure 3 (`depth_profiles`): per model x benchmark (one row each) and metric (one column each), the three
 comparisons' mean ± std over splits against decoder-layer index, for sweeps with jobs of 3 or more layers.
 """
@@ -22,6 +23,7 @@ from experiments.report.figures import (
     PALETTE,
     depth_profile,
     depth_profile_grid,
+    null_band,
     pyplot,
 )
 
@@ -93,6 +95,7 @@ def comparison_boxplots(results: pd.DataFrame, stem: Path, title: str) -> list[P
         sns.boxplot(**options, showfliers=False, boxprops={"alpha": 0.45})
         sns.stripplot(**options, dodge=True, size=3, alpha=0.8, legend=False)
         ax.axhline(0.0, color="grey", linewidth=0.6, zorder=0)
+        null_band(ax, data, "model", models)
         ax.set_title(metric if kernel == "none" else f"{metric} ({kernel} kernel)")
         ax.set_xlabel("")
         ax.set_ylabel("value (pooled over layers, benchmarks, splits)", fontsize=8)

@@ -94,3 +94,16 @@ def test_image_failing_full_decode_is_skipped_at_extraction_with_reason(tmp_path
     assert "image 1 of 1: corrupt image bytes (OSError: image file is truncated" in skipped[0]["reason"]
     assert _prepare(adapter, None, batch[:1]) == ([], None, skipped)
     assert len(adapter.seen) == 1, "the processor never runs on an empty batch"
+
+
+@pytest.mark.parametrize("size", [16, 17], ids=["too-small", "smallest"])
+def test_synthetic_image_size_is_checked_where_the_digit_fits(size):
+    """16 px passed the old check and then crashed while drawing; now it is refused, and 17 px draws."""
+    from experiments.benchmarks.synthetic import synthetic_samples
+
+    cfg = BenchmarkConfig(name="synthetic", limit=8, image_size=size)
+    if size == 16:
+        with pytest.raises(ValueError, match="benchmark.image_size=16: use at least 17"):
+            synthetic_samples(cfg)
+    else:
+        assert all(s.decoded().images[0].size == (17, 17) for s in synthetic_samples(cfg).samples)

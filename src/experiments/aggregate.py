@@ -180,6 +180,9 @@ def summarize(results: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     Returns:
         One row per group: the group columns, n, n_jobs, mean, std, ci_low, ci_high, p_value_median.
     """
+    # An ablation repeats the rows of what it does not vary (the JSD rows of every job of a kernel sweep):
+    # identical rows are one measurement, counted once, so they do not narrow the interval.
+    results = results.drop_duplicates(subset=[c for c in results.columns if c != "job"])
     known = set(RESULT_COLUMNS) | {"job"}
     keys = GROUP_COLUMNS + [c for c in results.columns if c not in known]
     rows = []

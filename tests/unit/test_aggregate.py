@@ -232,3 +232,18 @@ def test_callback_aggregates_and_turns_errors_into_warnings(sweep, tmp_path, cap
     with caplog.at_level(logging.WARNING):
         callback.on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "nothing")}}}))
     assert "aggregating" in caplog.text and "python -m experiments.aggregate" in caplog.text
+
+
+def test_rows_repeated_across_an_ablation_count_once(sweep):
+    """In a kernel sweep every job computes the same JSD rows: pooled as one measurement, not n_jobs copies."""
+    first = pd.read_parquet(sweep / "0" / "results.parquet")
+    second = pd.read_parquet(sweep / "1" / "results.parquet")
+    jsd = first["metric"] == "jsd"
+    pd.concat([second[second["metric"] != "jsd"], first[jsd]]).to_parquet(sweep / "1" / "results.parquet")
+    summary = pd.read_csv(aggregate(sweep), keep_default_na=False, na_values=[""])
+    jsd_a = summary[(summary["model"] == "tiny_a") & (summary["metric"] == "jsd")].set_index(["layer", "comparison"])
+    assert set(jsd_a["n"]) == {N_SPLITS}
+    expected = first[jsd].groupby(["layer", "comparison"])["value"].mean()
+    np.testing.assert_allclose(jsd_a["mean"].sort_index(), expected.sort_index(), rtol=1e-12)
+    mmd_a = summary[(summary["model"] == "tiny_a") & (summary["metric"] == "mmd2")]
+    assert set(mmd_a["n"]) == {N_SPLITS} and set(mmd_a["kernel"]) == {"rbf", "linear"}  # different rows stay

@@ -83,7 +83,7 @@ class AnalysisConfig:
 
 @dataclass
 class MetricConfig:
-    # metrics computed per comparison: mmd2 | jsd | energy | sliced_wasserstein | c2st_auc
+    # metrics computed per comparison: mmd2 | mmd_agg | jsd | energy | sliced_wasserstein | c2st_auc
     names: list[str] = field(default_factory=lambda: ["mmd2", "jsd"])
     # block permutations (whole samples) of every metric's test: p-value and null mean/std (0 = no test)
     n_permutations: int = 200
@@ -98,6 +98,11 @@ class MetricConfig:
     sw_n_projections: int = 128  # random directions of the sliced Wasserstein distance
     c2st_folds: int = 5  # cross-validation folds of the classifier two-sample test (split by sample)
     c2st_alpha: float = 1.0  # ridge penalty of the C2ST's closed-form classifier (standardised features)
+    # mmd_agg (MMD-FUSE style): kernels of the collection, each with a bandwidth: rbf | laplacian | imq
+    agg_kernels: list[str] = field(default_factory=lambda: ["rbf", "laplacian"])
+    # mmd_agg: factors on each kernel's median bandwidth; collection = agg_kernels x these (one row each, rbf@0.5)
+    agg_bandwidth_scales: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    agg_temperature: float = 1.0  # mmd_agg soft-maximum temperature over null-scaled MMD^2s (large: max, small: mean)
 
 
 @dataclass

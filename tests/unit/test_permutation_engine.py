@@ -72,7 +72,7 @@ def rejection_rate(metric: str, trials: int, shift: float = 0.0, seed: int = 100
 
 
 def test_registry_holds_every_metric() -> None:
-    assert sorted(COLUMN_FUNCTIONS) == ["c2st_auc", "energy", "jsd", "mmd2", "sliced_wasserstein"]
+    assert sorted(COLUMN_FUNCTIONS) == ["c2st_auc", "energy", "jsd", "mmd2", "mmd_agg", "sliced_wasserstein"]
 
 
 @pytest.mark.parametrize("metric", METRICS, ids=METRICS)
@@ -214,7 +214,7 @@ def test_without_permutations_only_the_statistic() -> None:
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(metric="wasserstein"), "valid metrics: c2st_auc, energy, jsd, mmd2, sliced_wasserstein"),
+        (dict(metric="wasserstein"), "valid metrics: c2st_auc, energy, jsd, mmd2, mmd_agg, sliced_wasserstein"),
         (dict(metric="sliced_wasserstein", n_projection=8), r"unknown options \['n_projection'\].*n_projections"),
         (dict(metric="c2st_auc", folds=1), "folds must be an int >= 2"),
         (dict(metric="energy", n_permutations=-1), "n_permutations must be an int >= 0"),

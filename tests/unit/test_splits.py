@@ -28,7 +28,8 @@ def test_every_metric_separates_the_planted_gap_from_the_controls():
     needed = rows_needed(splits)
     rows = pd.DataFrame(compare_modalities(keys[torch.from_numpy(needed)], needed, sample.numpy(), splits, seed=0,
                                            metric=metric, kernel=KernelConfig(), device="cpu"))
-    assert len(rows) == 2 * 3 * len(OPTIONS)
+    n_agg = len(metric.agg_kernels) * len(metric.agg_bandwidth_scales)  # mmd_agg: fused row + one per component
+    assert len(rows) == 2 * 3 * (len(OPTIONS) + n_agg)
     means = rows.groupby(["metric", "comparison"])["value"].mean().unstack()
     for name in set(OPTIONS) - {"c2st_auc"}:
         assert means.loc[name, "image_vs_text"] > 3 * max(means.loc[name, "image_vs_image"],
@@ -40,7 +41,7 @@ def test_every_metric_separates_the_planted_gap_from_the_controls():
     assert (cross["p_value"] == 1 / 51).all() and (cross["value_z"] > 2.5).all()
     assert controls.groupby("metric")["value_z"].mean().abs().max() < 2
     assert ((rows["value_centered"] - (rows["value"] - rows["null_mean"])).abs() < 1e-12).all()
-    assert (rows["kernel"][rows["metric"] != "mmd2"] == "none").all()
+    assert (rows["kernel"][~rows["metric"].isin(["mmd2", "mmd_agg"])] == "none").all()
     # text groups (32 tokens x 8 samples) capped at 200 tokens; image groups (16 x 8 = 128) left whole
     assert (rows[rows["comparison"] == "text_vs_text"]["n_x"] == 200).all()
     assert (rows[rows["comparison"] != "text_vs_text"]["n_x"] == 128).all()

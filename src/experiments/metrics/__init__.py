@@ -9,8 +9,11 @@ keeping the inputs' device, CPU for numpy):
 - `energy_distance(x, y) -> float`, `sliced_wasserstein(x, y, n_projections, seed) -> float`
 - `c2st_auc(x, y, groups_x, groups_y, folds, alpha, seed) -> float`
 - `permutation_test(x, y, metric, *, n_permutations, seed, groups_x, groups_y, device, **options)
-  -> TestResult` for every metric in `COLUMN_FUNCTIONS` (mmd2, jsd, energy, sliced_wasserstein, c2st_auc),
+  -> TestResult` for every metric in `COLUMN_FUNCTIONS` (mmd2, mmd_agg, jsd, energy, sliced_wasserstein,
+  c2st_auc),
   with the permutation null's mean and std.
+- `mmd_agg_test(x, y, n_permutations, seed, groups_x, groups_y, kernels, bandwidth_scales, temperature)
+  -> MMDAggResult`: aggregated MMD (metric `mmd_agg`, MMD-FUSE style) with its per-(kernel, bandwidth) tests.
 - `KERNELS`, `make_kernel(name, sigma)`: kernels by short name.
 """
 
@@ -22,6 +25,7 @@ from experiments.metrics.engine import COLUMN_FUNCTIONS, permutation_test
 from experiments.metrics.jsd import jsd
 from experiments.metrics.kernels import KERNELS, Kernel, make_kernel
 from experiments.metrics.mmd import MMDTestResult, mmd2, mmd_test
+from experiments.metrics.mmd_agg import MMDAggResult, mmd_agg_test
 from experiments.metrics.permutations import TestResult
 from experiments.metrics.sliced import sliced_wasserstein
 
@@ -29,6 +33,7 @@ __all__ = [
     "COLUMN_FUNCTIONS",
     "KERNELS",
     "Kernel",
+    "MMDAggResult",
     "MMDTestResult",
     "TestResult",
     "c2st_auc",
@@ -36,6 +41,7 @@ __all__ = [
     "jsd",
     "make_kernel",
     "mmd2",
+    "mmd_agg_test",
     "mmd_test",
     "permutation_test",
     "sliced_wasserstein",

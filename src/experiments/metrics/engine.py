@@ -5,7 +5,7 @@ validates the inputs and draws the splits once (`permutations.pooled_splits`: wh
 block ids are given), asks the metric's column function for the statistic of every split, and returns
 a `TestResult` with p = (1 + #{permuted ≥ observed}) / (1 + B) and the permutation null's mean and
 standard deviation (`permutations.null_summary`). Larger values must mean "more different" (all five
-metrics: MMD², JSD, energy distance, SW₁, AUC).
+metrics: MMD², JSD, energy distance, SW₁, AUC, the fused aggregated MMD).
 
 A column function `f(z [N, d], masks [N, 1 + B], **options) -> [1 + B]` returns the metric for the
 observed split (column 0) and every permuted split (`permutations.split_masks`; with blocks the rows
@@ -30,6 +30,7 @@ from experiments.metrics.energy import energy_columns
 from experiments.metrics.inputs import Array, Device
 from experiments.metrics.jsd import jsd_columns
 from experiments.metrics.mmd import mmd2_columns
+from experiments.metrics.mmd_agg import mmd_agg_columns
 from experiments.metrics.permutations import TestResult, null_summary, pooled_splits
 from experiments.metrics.sliced import sliced_wasserstein_columns
 
@@ -37,6 +38,7 @@ ColumnFunction = Callable[..., torch.Tensor]
 
 COLUMN_FUNCTIONS: dict[str, ColumnFunction] = {
     "mmd2": mmd2_columns,
+    "mmd_agg": mmd_agg_columns,
     "jsd": jsd_columns,
     "energy": energy_columns,
     "sliced_wasserstein": sliced_wasserstein_columns,

@@ -237,44 +237,87 @@ def _mmd2_columns(
         observed statistic (ties: the float32 GEMM and the float64 row sums differ by round-off).
     """
     kind = kernel_class(kernel)
+    z, raw, full, rows = _prepare(kind, z)
+    sigma = _resolve_sigma(z, raw, full, kind, bandwidth, scale, seed)
+    sums = KernelSums.zeros(z.shape[0], masks.shape[1], z.device)
+    s = masks.to(z.device)
+    kern = kind(sigma)
+    for start in range(0, z.shape[0], rows):
+        stop = min(z.shape[0], start + rows)
+        sums.add_block(kern.transform_(full if full is not None else _pairwise_rows(kind, z, start, stop)), s, start)
+    return sums.mmd2(s, unbiased), sigma
+
+
+def _prepare(kind: type[Kernel], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    """`(z centred if the kernel allows, z as passed, the full pairwise matrix if it fits one block, block rows)`."""
     raw = z
     if kind.shift_invariant:
         z = z - z.mean(dim=0)
-    n, f64 = z.shape[0], torch.float64
+    n = z.shape[0]
     rows = max(1, BLOCK_BYTES // (4 * n))
     full = _pairwise_rows(kind, z, 0, n) if rows >= n else None
-    sigma = _resolve_sigma(z, raw, full, kind, bandwidth, scale, seed)
-    kern = kind(sigma)
-    s = masks.to(z.device)
-    n_x = int(masks[:, 0].sum())
-    quad = torch.zeros(s.shape[1], dtype=f64, device=z.device)  # sᵀKs per split
-    xsum = torch.empty(n, dtype=f64, device=z.device)  # K·s_observed
-    rsum = torch.empty(n, dtype=f64, device=z.device)  # K·1
-    diag = torch.empty(n, dtype=f64, device=z.device)  # diag K
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        blk = kern.transform_(full if full is not None else _pairwise_rows(kind, z, start, stop))
+    return z, raw, full, rows
+
+
+@dataclass
+class KernelSums:
+    """Running sums over the row blocks of one pooled kernel matrix K `[N, N]`, enough for every split's MMD².
+
+    Attributes:
+        quad: sᵀKs of every split `[P]` (column 0 filled by `mmd2` from `xsum`), float64.
+        xsum: K·s₀ `[N]` (s₀ the observed split), float64.
+        rsum: K·1 `[N]`, float64.
+        diag: diag K `[N]`, float64.
+        square: Σ_ij K_ij² (filled only with `add_block(..., squares=True)`), float64 scalar.
+    """
+
+    quad: torch.Tensor
+    xsum: torch.Tensor
+    rsum: torch.Tensor
+    diag: torch.Tensor
+    square: torch.Tensor
+
+    @classmethod
+    def zeros(cls, n: int, n_splits: int, device: torch.device) -> KernelSums:
+        """Empty sums for an `[N, N]` matrix and `n_splits` = 1 + B splits."""
+        f64 = torch.float64
+        return cls(torch.zeros(n_splits, dtype=f64, device=device), torch.zeros(n, dtype=f64, device=device),
+                   torch.zeros(n, dtype=f64, device=device), torch.zeros(n, dtype=f64, device=device),
+                   torch.zeros((), dtype=f64, device=device))
+
+    def add_block(self, blk: torch.Tensor, s: torch.Tensor, start: int, squares: bool = False) -> None:
+        """Add the kernel rows `blk = K[start:start + len(blk)]` `[rows, N]` under the splits `s [N, P]`."""
+        f64, n_x, stop = torch.float64, int(s[:, 0].sum()), start + blk.shape[0]
         if s.shape[1] > 1:  # permuted splits: one float32 GEMM, float64 reduction
-            quad[1:] += torch.mm(blk, s[:, 1:]).mul_(s[start:stop, 1:]).sum(0, dtype=f64)
-        xsum[start:stop] = blk[:, :n_x].sum(1, dtype=f64)
-        rsum[start:stop] = xsum[start:stop] + blk[:, n_x:].sum(1, dtype=f64)
-        diag[start:stop] = blk.diagonal(offset=start)
-    quad[0] = xsum[:n_x].sum()  # observed split summed in float64 throughout
-    sd = s.to(f64)
-    nx = sd.sum(0)
-    ny = n - nx
-    s_r, s_g = rsum @ sd, diag @ sd
-    xx, xy, yy = quad, s_r - quad, rsum.sum() - 2 * s_r + quad
-    if unbiased:
-        xx_mean, yy_mean = (xx - s_g) / (nx * (nx - 1)), (yy - (diag.sum() - s_g)) / (ny * (ny - 1))
-    else:
-        xx_mean, yy_mean = xx / nx**2, yy / ny**2
-    xy_mean = xy / (nx * ny)
-    stats = (xx_mean + yy_mean - 2 * xy_mean).cpu()
-    kscale = float(xx[0].abs() / nx[0] ** 2 + yy[0].abs() / ny[0] ** 2 + 2 * xy_mean[0].abs())
-    ties = (stats[1:] - stats[0]).abs() <= _TIE_TOLERANCE * kscale
-    stats[1:][ties] = stats[0]
-    return stats, sigma
+            self.quad[1:] += torch.mm(blk, s[:, 1:]).mul_(s[start:stop, 1:]).sum(0, dtype=f64)
+        self.xsum[start:stop] = blk[:, :n_x].sum(1, dtype=f64)
+        self.rsum[start:stop] = self.xsum[start:stop] + blk[:, n_x:].sum(1, dtype=f64)
+        self.diag[start:stop] = blk.diagonal(offset=start)
+        if squares:
+            self.square += blk.square().sum(dtype=f64)
+
+    def mmd2(self, s: torch.Tensor, unbiased: bool) -> torch.Tensor:
+        """MMD² of every split `[P]` float64 on CPU, ties with the observed split made exact (`_mmd2_columns`)."""
+        n, f64 = s.shape[0], torch.float64
+        n_x = int(s[:, 0].sum())
+        quad = self.quad.clone()
+        quad[0] = self.xsum[:n_x].sum()  # observed split summed in float64 throughout
+        rsum, diag = self.rsum, self.diag
+        sd = s.to(f64)
+        nx = sd.sum(0)
+        ny = n - nx
+        s_r, s_g = rsum @ sd, diag @ sd
+        xx, xy, yy = quad, s_r - quad, rsum.sum() - 2 * s_r + quad
+        if unbiased:
+            xx_mean, yy_mean = (xx - s_g) / (nx * (nx - 1)), (yy - (diag.sum() - s_g)) / (ny * (ny - 1))
+        else:
+            xx_mean, yy_mean = xx / nx**2, yy / ny**2
+        xy_mean = xy / (nx * ny)
+        stats = (xx_mean + yy_mean - 2 * xy_mean).cpu()
+        kscale = float(xx[0].abs() / nx[0] ** 2 + yy[0].abs() / ny[0] ** 2 + 2 * xy_mean[0].abs())
+        ties = (stats[1:] - stats[0]).abs() <= _TIE_TOLERANCE * kscale
+        stats[1:][ties] = stats[0]
+        return stats
 
 
 def _pairwise_rows(kind: type[Kernel], z: torch.Tensor, start: int, stop: int) -> torch.Tensor:

@@ -11,6 +11,8 @@ computed for image(A) vs text(B), image(A) vs image(B) and text(A) vs text(B) wi
 test (`metrics.engine`), block ids = sample numbers so permutations move whole samples. One row per
 (comparison, metric, repeat): the value, its p-value, the permutation null's mean and std, and the value
 centred on the null mean (raw and in null standard deviations), so controls centre on 0 for every metric.
+`mmd_agg` writes its fused test as kernel `agg` and, from the same permutations, one row per (kernel,
+bandwidth scale) of its collection, kernel `rbf@0.5` etc. (that component's MMD² and its own test).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import torch
 from experiments.config import KernelConfig, MetricConfig
 from experiments.metrics.engine import permutation_test
 from experiments.metrics.jsd import ESTIMATORS, parse_bins
+from experiments.metrics.mmd_agg import check_collection, mmd_agg_test
+from experiments.metrics.permutations import TestResult
 
 COMPARISONS = {  # name -> (modality of the A side, modality of the B side); True = image
     "image_vs_text": (True, False),
@@ -37,6 +41,8 @@ COMPARISONS = {  # name -> (modality of the A side, modality of the B side); Tru
 OPTIONS: dict[str, Callable[[MetricConfig, KernelConfig], dict[str, Any]]] = {
     "mmd2": lambda m, k: {"kernel": k.name, "bandwidth": parse_bandwidth(k.bandwidth),
                           "bandwidth_scale": k.bandwidth_scale, "unbiased": m.unbiased},
+    "mmd_agg": lambda m, k: {"kernels": list(m.agg_kernels), "bandwidth_scales": list(m.agg_bandwidth_scales),
+                             "temperature": m.agg_temperature, "unbiased": m.unbiased},
     "jsd": lambda m, k: {"projection": m.jsd_projection, "n_projections": m.jsd_n_projections,
                          "bins": parse_bins(m.jsd_bins), "estimator": m.jsd_estimator},
     "energy": lambda m, k: {},
@@ -44,6 +50,7 @@ OPTIONS: dict[str, Callable[[MetricConfig, KernelConfig], dict[str, Any]]] = {
     "c2st_auc": lambda m, k: {"folds": m.c2st_folds, "alpha": m.c2st_alpha},
 }
 KERNEL_METRICS = {"mmd2"}  # metrics whose rows carry the kernel name
+AGG_KERNEL = "agg"  # kernel of the fused mmd_agg row; its breakdown rows carry `kernel@scale`, e.g. rbf@0.5
 
 
 def parse_bandwidth(bandwidth: str) -> str | float:
@@ -65,6 +72,10 @@ def check_metric_config(metric: MetricConfig, kernel: KernelConfig) -> None:
         raise ValueError(f"metric.jsd_estimator={metric.jsd_estimator!r}: use one of {list(ESTIMATORS)}")
     for options in OPTIONS.values():
         options(metric, kernel)  # parses kernel.bandwidth and metric.jsd_bins
+    try:
+        check_collection(metric.agg_kernels, metric.agg_bandwidth_scales, metric.agg_temperature)
+    except ValueError as error:
+        raise ValueError(f"metric.agg_*: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -129,16 +140,26 @@ def compare_modalities(keys: torch.Tensor, rows: np.ndarray, sample: np.ndarray,
             x, y = (keys[torch.from_numpy(np.searchsorted(rows, idx))] for idx in (ia, ib))
             gx, gy = torch.from_numpy(sample[ia]), torch.from_numpy(sample[ib])
             for name in metric.names:
+                common = {"comparison": comparison, "metric": name, "split": split, "n_x": len(ia), "n_y": len(ib)}
+                options = OPTIONS[name](metric, kernel)
+                if name == "mmd_agg":
+                    agg = mmd_agg_test(x, y, n_permutations=metric.n_permutations, seed=seed + split, groups_x=gx,
+                                       groups_y=gy, device=device, **options)
+                    out.append(common | {"kernel": AGG_KERNEL} | _test_columns(agg))
+                    out.extend(common | {"kernel": c.label} | _test_columns(c) for c in agg.components)
+                    continue
                 test = permutation_test(x, y, name, n_permutations=metric.n_permutations, seed=seed + split,
-                                        groups_x=gx, groups_y=gy, device=device, **OPTIONS[name](metric, kernel))
-                centered = test.statistic - test.null_mean
-                out.append({"comparison": comparison, "metric": name,
-                            "kernel": kernel.name if name in KERNEL_METRICS else "none", "split": split,
-                            "value": test.statistic, "p_value": test.p_value, "null_mean": test.null_mean,
-                            "null_std": test.null_std, "value_centered": centered,
-                            "value_z": centered / test.null_std if test.null_std > 0 else math.nan,
-                            "n_x": len(ia), "n_y": len(ib)})
+                                        groups_x=gx, groups_y=gy, device=device, **options)
+                out.append(common | {"kernel": kernel.name if name in KERNEL_METRICS else "none"}
+                           | _test_columns(test))
     return out
+
+
+def _test_columns(test: TestResult) -> dict[str, float]:
+    """value, p_value, null mean and std, and the value centred on the null (raw and in null standard deviations)."""
+    centered = test.statistic - test.null_mean
+    return {"value": test.statistic, "p_value": test.p_value, "null_mean": test.null_mean, "null_std": test.null_std,
+            "value_centered": centered, "value_z": centered / test.null_std if test.null_std > 0 else math.nan}
 
 
 def _stratified_cap(idx: np.ndarray, sample: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:

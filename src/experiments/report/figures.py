@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from experiments.atomic import atomic_write
+from experiments.report.schema import headline
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,6 +33,7 @@ def boxplot_figure(results: pd.DataFrame, path: Path, title: str) -> None:
     plt = pyplot()
     import seaborn as sns
 
+    results = headline(results)  # mmd_agg: the fused test only
     metrics = list(dict.fromkeys(results["metric"]))
     many = results["layer"].nunique() > MAX_LEGEND_LAYERS
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
@@ -105,8 +107,10 @@ def depth_profile(results: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     Returns:
         Columns *by, metric, kernel, comparison, layer_index, mean, std, n, sorted by `by` and layer_index
         (metrics and comparisons in the order of `results`); only the `by` groups with at least
-        `MIN_PROFILE_LAYERS` distinct layer indices (empty when there are none).
+        `MIN_PROFILE_LAYERS` distinct layer indices (empty when there are none). `mmd_agg` shows its fused
+        test only (`schema.headline`).
     """
+    results = headline(results)
     keys = [*by, "metric", "kernel", "comparison", "layer_index"]
     stats = results.groupby(keys, sort=False)["value"].agg(mean="mean", std="std", n="count").reset_index()
     stats = stats.sort_values([*by, "layer_index"], kind="stable", ignore_index=True)

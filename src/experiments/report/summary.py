@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pandas as pd
 
+from experiments.report.schema import headline
+
 
 def summary_text(results: pd.DataFrame, header: str) -> str:
     """Mean ± std over splits per layer × metric × comparison, the cross/intra ratio, median p and the
     null-calibrated effect (mean `value_z`: distance from the permutation null in null standard deviations;
-    the controls should sit within about ±2)."""
+    the controls should sit within about ±2). `mmd_agg` shows its fused test only (`schema.headline`)."""
     lines = [header, ""]
+    results = headline(results)
     grouped = results.groupby(["layer_index", "layer", "metric", "comparison"], sort=True)["value"]
     stats = grouped.agg(["mean", "std"]).reset_index()
     for (index, layer, metric), part in stats.groupby(["layer_index", "layer", "metric"], sort=True):

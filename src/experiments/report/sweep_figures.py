@@ -26,6 +26,7 @@ from experiments.report.figures import (
     null_band,
     pyplot,
 )
+from experiments.report.schema import headline
 
 LAYER_ORDER = ["early", "middle", "late"]
 MAX_PANELS_PER_ROW = 3  # Figure 2 wraps, e.g. the six kernels of a kernel ablation in 2 rows
@@ -80,6 +81,7 @@ def comparison_boxplots(results: pd.DataFrame, stem: Path, title: str) -> list[P
     plt = pyplot()
     import seaborn as sns
 
+    results = headline(results)  # mmd_agg: the fused test only; its breakdown is in summary.csv
     panels = list(dict.fromkeys(zip(results["metric"], results["kernel"], strict=True)))
     models = sorted(results["model"].unique())
     n_cols = min(len(panels), MAX_PANELS_PER_ROW)

@@ -12,7 +12,11 @@ a folder (e.g. a SLURM job that never started). It writes into `sweep_dir`:
     summary.csv             per model x benchmark x layer x key_site x comparison x metric x kernel (and
                             every override that varies between the completed jobs and is not a results
                             column, e.g. kernel.bandwidth_scale): n, n_jobs, mean, std (ddof 1), a seeded
-                            percentile-bootstrap 95% CI of the mean, the median p-value
+                            percentile-bootstrap 95% CI of the mean over the rows (ci_low, ci_high: split
+                            and job noise only, as the splits reuse the same samples), the median p-value,
+                            and sample_ci_low / sample_ci_high, the medians over the rows of each value's
+                            sample-bootstrap interval (results ci_low / ci_high: whole samples resampled,
+                            the uncertainty about the population; NaN where the rows have none)
     figure1_tsne.png/.pdf   rows = models, columns = benchmark x layer, from the jobs' embedding.parquet
     figure2_boxplots.png/.pdf  per model, image_vs_text against the two intra-modal controls, pooled over
                             layers and benchmarks, one panel per metric (and kernel)
@@ -178,7 +182,8 @@ def summarize(results: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
             the order in which the jobs were read.
 
     Returns:
-        One row per group: the group columns, n, n_jobs, mean, std, ci_low, ci_high, p_value_median.
+        One row per group: the group columns, n, n_jobs, mean, std, ci_low, ci_high (split bootstrap of the
+        mean), p_value_median, sample_ci_low, sample_ci_high (median of the rows' sample-bootstrap ends).
     """
     # An ablation repeats the rows of what it does not vary (the JSD rows of every job of a kernel sweep):
     # identical rows are one measurement, counted once, so they do not narrow the interval.
@@ -190,10 +195,12 @@ def summarize(results: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         values = np.sort(part["value"].to_numpy(dtype=np.float64))  # row order must not change the interval
         low, high = bootstrap_ci(values, seed=[seed, zlib.crc32(repr(key).encode())])
         p_values = part["p_value"].dropna()
+        sample_ci = {f"sample_{c}": part[c].median() if c in part and part[c].notna().any() else np.nan
+                     for c in ("ci_low", "ci_high")}
         rows.append({**dict(zip(keys, key, strict=True)), "n": len(values), "n_jobs": part["job"].nunique(),
                      "mean": values.mean(), "std": values.std(ddof=1) if len(values) > 1 else np.nan,
                      "ci_low": low, "ci_high": high,
-                     "p_value_median": p_values.median() if len(p_values) else np.nan})
+                     "p_value_median": p_values.median() if len(p_values) else np.nan, **sample_ci})
     return pd.DataFrame(rows)
 
 

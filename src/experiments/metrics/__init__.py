@@ -14,11 +14,15 @@ keeping the inputs' device, CPU for numpy):
   with the permutation null's mean and std.
 - `mmd_agg_test(x, y, n_permutations, seed, groups_x, groups_y, kernels, bandwidth_scales, temperature)
   -> MMDAggResult`: aggregated MMD (metric `mmd_agg`, MMD-FUSE style) with its per-(kernel, bandwidth) tests.
+- `sample_bootstrap_ci(x, y, metric, *, groups_x, groups_y, n_resamples, confidence_level, seed, **options)
+  -> BootstrapCI`: BCa interval from a bootstrap over samples (mmd2, jsd, energy, sliced_wasserstein; NaN
+  for c2st_auc and mmd_agg).
 - `KERNELS`, `make_kernel(name, sigma)`: kernels by short name.
 """
 
 from __future__ import annotations
 
+from experiments.metrics.bootstrap import BootstrapCI, sample_bootstrap_ci
 from experiments.metrics.c2st import c2st_auc
 from experiments.metrics.energy import energy_distance
 from experiments.metrics.engine import COLUMN_FUNCTIONS, permutation_test
@@ -32,6 +36,7 @@ from experiments.metrics.sliced import sliced_wasserstein
 __all__ = [
     "COLUMN_FUNCTIONS",
     "KERNELS",
+    "BootstrapCI",
     "Kernel",
     "MMDAggResult",
     "MMDTestResult",
@@ -44,5 +49,6 @@ __all__ = [
     "mmd_agg_test",
     "mmd_test",
     "permutation_test",
+    "sample_bootstrap_ci",
     "sliced_wasserstein",
 ]

@@ -5,15 +5,18 @@ sample means over all pairs, diagonal zeros included (V-statistic; `unbiased=Tru
 within-sample terms over distinct pairs). This is the squared form: in 1-D it equals
 `scipy.stats.energy_distance(x, y) ** 2` (scipy returns the square root). It is MMD² with the
 `energy` kernel, computed by `mmd.mmd2`; `energy_columns` gives it for every split of a permutation
-test from the same pooled distance matrix (the column function of `engine.permutation_test`).
+test from the same pooled distance matrix (the column function of `engine.permutation_test`), and
+`energy_weighted_columns` of weighted rows (the sample bootstrap, `mmd.mmd2_weighted_columns`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from experiments.metrics.inputs import Array, Device
-from experiments.metrics.mmd import mmd2, mmd2_columns
+from experiments.metrics.mmd import mmd2, mmd2_columns, mmd2_weighted, mmd2_weighted_columns
 
 
 def energy_distance(x: Array, y: Array, unbiased: bool = False, device: Device = None) -> float:
@@ -46,3 +49,30 @@ def energy_columns(z: torch.Tensor, masks: torch.Tensor, *, unbiased: bool = Fal
         `[1 + B]` float64 on CPU; column 0 equals `energy_distance(x, y, unbiased)`.
     """
     return mmd2_columns(z, masks, kernel="energy", unbiased=unbiased)
+
+
+def energy_weighted_columns(
+    z: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, *, unbiased: bool = False,
+    blocks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Energy distance of weighted pooled rows, one per column (`mmd.mmd2_weighted_columns`, energy kernel).
+
+    Args:
+        z: Pooled sample `[N, d]`, float32.
+        wx: x-side weights `[N, C]`, non-negative (e.g. bootstrap multiplicities).
+        wy: y-side weights `[N, C]`.
+        unbiased: Within-sample means over distinct rows instead of all pairs.
+        blocks: Block of every pooled row `[N]` (weights constant within a block), or None.
+
+    Returns:
+        `[C]` float64 on CPU; without repeated blocks `energy_distance` of the materialised replicate
+        (pairs between two copies of one block are dropped).
+    """
+    return mmd2_weighted_columns(z, wx, wy, kernel="energy", unbiased=unbiased, blocks=blocks)
+
+
+def energy_weighted(
+    z: torch.Tensor, *, unbiased: bool = False, blocks: torch.Tensor | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`energy_weighted_columns` with z fixed (`mmd.mmd2_weighted`: the distance matrix computed once)."""
+    return mmd2_weighted(z, kernel="energy", unbiased=unbiased, blocks=blocks)

@@ -136,3 +136,20 @@ def block_index(groups_x: np.ndarray, groups_y: np.ndarray) -> tuple[torch.Tenso
             raise ValueError(f"{name} has {u.size} distinct block(s); block permutation needs at least 2")
     index = np.concatenate([ix.reshape(-1), iy.reshape(-1) + ux.size])
     return torch.from_numpy(index.astype(np.int64)), int(ux.size), int(uy.size)
+
+
+def check_weights(wx: torch.Tensor, wy: torch.Tensor, n: int) -> torch.Tensor:
+    """`[wx | wy]` `[N, 2C]` float32 after checking both are `[N, C]`, finite, non-negative, each column non-empty.
+
+    Raises:
+        ValueError: Naming `wx` or `wy`.
+    """
+    for name, w in (("wx", wx), ("wy", wy)):
+        if w.ndim != 2 or w.shape[0] != n or w.shape != wx.shape:
+            raise ValueError(f"{name} must have shape [N={n}, C] like wx, got {tuple(w.shape)}")
+        totals = w.sum(0)
+        if not bool(torch.isfinite(totals).all()) or not bool((w >= 0).all()):  # NaN fails w >= 0
+            raise ValueError(f"{name} must hold finite non-negative weights")
+        if bool((totals <= 0).any()):
+            raise ValueError(f"every column of {name} needs a positive total weight")
+    return torch.cat([wx, wy], dim=1).to(torch.float32)

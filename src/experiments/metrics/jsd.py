@@ -42,15 +42,17 @@ not chosen: it does not reduce to bin counts, so permutations could not share on
 (JSD: Lin 1991, IEEE Trans. Inf. Theory 37:145.)
 
 Projections are float32, counts exact in float32 GEMMs, logarithms float64, on z's device.
+`jsd_weighted_columns` gives the same estimate from weighted counts (the sample bootstrap).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from experiments.metrics.inputs import Array, Device, as_pair
+from experiments.metrics.inputs import Array, Device, as_pair, check_weights
 from experiments.metrics.projections import directions
 
 ESTIMATORS = ("plugin", "miller_madow")
@@ -141,19 +143,109 @@ def jsd_columns(
     n_x = masks.sum(dim=0).double()  # [C]
     if bool(((n_x == 0) | (n_x == n_rows)).any()):
         raise ValueError("every column of masks needs at least one row on each side")
+    one_hot, k, n_bins = _binned(z, int(min(n_x[0], n_rows - n_x[0])), projection, n_projections, bins, seed)
+    c_x = (masks.T @ one_hot).double().view(-1, k, n_bins)  # [C, k, b]
+    c_y = one_hot.sum(dim=0).double().view(1, k, n_bins) - c_x
+    return _divergence(c_x, c_y, n_x[:, None, None], n_rows - n_x[:, None, None], estimator).mean(dim=1)
+
+
+def jsd_weighted_columns(
+    z: torch.Tensor,
+    wx: torch.Tensor,
+    wy: torch.Tensor,
+    *,
+    n_x: int,
+    projection: str,
+    n_projections: int,
+    bins: int | str,
+    estimator: str,
+    seed: int,
+) -> torch.Tensor:
+    """JSD of weighted pooled rows, one per column (the sample bootstrap's replicates).
+
+    Directions and bins are those of `jsd_columns` for the observed split (x = the first `n_x` rows of
+    z; `auto` takes its bin count from min(n_x, N - n_x)) and are shared by all columns. Column c's
+    histograms are weighted counts c_x = wx[:, c]ᵀ one_hot, c_y = wy[:, c]ᵀ one_hot, with n_x = Σ wx[:, c]
+    and n_y = Σ wy[:, c] in p, q and the Miller-Madow terms. For integer weights this is `jsd_columns`
+    of the materialised replicate (row i repeated wx[i, c] times on x, wy[i, c] times on y) whenever
+    the replicate has the same directions and bin edges (e.g. `projection="none"`, equal-width bins
+    and a replicate that keeps the pooled minimum and maximum; the bootstrap holds them fixed) and the
+    estimator is `plugin`. `miller_madow` uses Kish's effective sizes (Σ w)² / Σ w² instead of Σ w in
+    its bias terms (b_p, b_q and the mixture's cell variances): duplicated rows carry no new
+    information, and with Σ w the replicates' bias would stay mostly uncorrected. For 0/1 weights
+    both sizes are the row counts, so a split's value is `jsd_columns`'.
+
+    Args:
+        z: Pooled sample `[N, d]`, float32, x rows first.
+        wx: x-side weights `[N, C]`, non-negative.
+        wy: y-side weights `[N, C]`.
+        n_x: Rows of x in z (fixes the `auto` bin count).
+        projection: `pca`, `random` or `none`.
+        n_projections: Number of directions.
+        bins: A positive int or its decimal string, or `"auto"`.
+        estimator: One of `ESTIMATORS`.
+        seed: Seed of the random directions.
+
+    Returns:
+        `[C]` float64: the mean JSD over directions of every column.
+
+    Raises:
+        ValueError: For an unknown projection or estimator, bad `bins`, or bad weights.
+    """
+    return jsd_weighted(z, n_x=n_x, projection=projection, n_projections=n_projections, bins=bins,
+                        estimator=estimator, seed=seed)(wx, wy)
+
+
+def jsd_weighted(
+    z: torch.Tensor,
+    *,
+    n_x: int,
+    projection: str,
+    n_projections: int,
+    bins: int | str,
+    estimator: str,
+    seed: int,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`jsd_weighted_columns` with z fixed: directions and bins computed once.
+
+    Returns:
+        `f(wx [N, C], wy [N, C]) -> [C]` float64.
+
+    Raises:
+        ValueError: For an unknown projection or estimator or bad `bins` (here), bad weights (when called).
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown JSD estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}")
+    one_hot, k, n_bins = _binned(z, min(n_x, z.shape[0] - n_x), projection, n_projections, bins, seed)
+
+    def columns(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
+        w = check_weights(wx, wy, z.shape[0]).to(z.device)
+        c = wx.shape[1]
+        counts = (w.T @ one_hot).double().view(2, c, k, n_bins)  # float32 GEMM of integer weights: exact counts
+        wd = w.double()
+        totals = wd.sum(dim=0).view(2, c, 1, 1)
+        effective = totals.square() / wd.square().sum(dim=0).view(2, c, 1, 1)  # Kish: (Σ w)² / Σ w²
+        return _divergence(counts[0], counts[1], totals[0], totals[1], estimator,
+                           effective[0], effective[1]).mean(dim=1)
+
+    return columns
+
+
+def _binned(
+    z: torch.Tensor, n_min: int, projection: str, n_projections: int, bins: int | str, seed: int
+) -> tuple[torch.Tensor, int, int]:
+    """`(one_hot [N, k·b] float32, k directions, b bins)`: every row's bin on every direction, from z alone."""
     rule = parse_bins(bins)
     u = (z @ directions(z, projection, n_projections, seed)).double()  # [N, k]
     if isinstance(rule, int):
         n_bins, idx = rule, shared_bins(u, rule)
     else:
-        n_bins = auto_bins(int(min(n_x[0], n_rows - n_x[0])))
+        n_bins = auto_bins(n_min)
         idx = equal_mass_bins(u, n_bins)
     k = u.shape[1]
-    one_hot = torch.zeros(n_rows, k * n_bins, dtype=torch.float32, device=z.device)
+    one_hot = torch.zeros(z.shape[0], k * n_bins, dtype=torch.float32, device=z.device)
     one_hot.scatter_(1, idx + n_bins * torch.arange(k, device=z.device), 1.0)
-    c_x = (masks.T @ one_hot).double().view(-1, k, n_bins)  # [C, k, b]
-    c_y = one_hot.sum(dim=0).double().view(1, k, n_bins) - c_x
-    return _divergence(c_x, c_y, n_x[:, None, None], n_rows - n_x[:, None, None], estimator).mean(dim=1)
+    return one_hot, k, n_bins
 
 
 def parse_bins(bins: int | str) -> int | str:
@@ -237,10 +329,17 @@ def equal_mass_bins(u: torch.Tensor, bins: int) -> torch.Tensor:
 
 
 def _divergence(
-    c_x: torch.Tensor, c_y: torch.Tensor, n_x: torch.Tensor, n_y: torch.Tensor, estimator: str
+    c_x: torch.Tensor, c_y: torch.Tensor, n_x: torch.Tensor, n_y: torch.Tensor, estimator: str,
+    e_x: torch.Tensor | None = None, e_y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """JSD in bits of each histogram pair: counts `[C, k, b]`, sizes `[C, 1, 1]` -> `[C, k]` float64."""
+    """JSD in bits of each histogram pair: counts `[C, k, b]`, sizes `[C, 1, 1]` -> `[C, k]` float64.
+
+    `e_x`, `e_y` `[C, 1, 1]`: the sample sizes in the Miller-Madow terms (default n_x, n_y; the
+    weighted path passes Kish's effective sizes).
+    """
     p, q = c_x / n_x, c_y / n_y
+    if e_x is not None and e_y is not None:
+        n_x, n_y = e_x, e_y
     m = (p + q) / 2
     kl_pm = torch.xlogy(p, p).sub_(torch.xlogy(p, m)).sum(-1)
     kl_qm = torch.xlogy(q, q).sub_(torch.xlogy(q, m)).sum(-1)

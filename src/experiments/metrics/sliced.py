@@ -17,13 +17,19 @@ F_x(t_i) = c_i / n_x and F_y(t_i) = (i - c_i) / n_y, and W₁ = Σ_{i<N} |F_x(t_
 W₁ = N / (n_x n_y) · Σ_i |c_i - i n_x / N| (t_{i+1} - t_i), it costs a few passes over `[1 + B, K, N]`.
 Float32 on z's device (counts are exact; the sum over i is a cascade sum), float64 across directions;
 memory is bounded by `BLOCK_BYTES` by taking the directions in chunks.
+
+Weighted rows (`sliced_wasserstein_weighted_columns`, the sample bootstrap): with weights a, b per row,
+F_x(t_i) = Σ_{j≤i} a_(j) / Σ a and F_y likewise, the same sum over the gaps; for integer weights it is
+SW₁ of the materialised replicate (rows repeated by their weights) with the same directions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from experiments.metrics.inputs import Array, Device, as_pair
+from experiments.metrics.inputs import Array, Device, as_pair, check_weights
 from experiments.metrics.permutations import split_masks
 from experiments.metrics.projections import directions
 
@@ -92,3 +98,66 @@ def sliced_wasserstein_columns(
         excess = counts.sub_(expected).abs_().mul_(gaps[start : start + chunk])  # |c_i - i n_x / N| (t_{i+1} - t_i)
         total += excess.sum(dim=2).sum(dim=1, dtype=torch.float64)
     return total * n / (n_x * (n - n_x)) / k
+
+
+def sliced_wasserstein_weighted_columns(
+    z: torch.Tensor,
+    wx: torch.Tensor,
+    wy: torch.Tensor,
+    *,
+    n_projections: int = 128,
+    seed: int = 0,
+) -> torch.Tensor:
+    """SW₁ between the weighted empirical distributions of the pooled rows, one per column.
+
+    Args:
+        z: Pooled sample `[N, d]`, float32.
+        wx: x-side weights `[N, C]`, non-negative (e.g. bootstrap multiplicities).
+        wy: y-side weights `[N, C]`.
+        n_projections: Number K of random directions.
+        seed: Seed of the directions.
+
+    Returns:
+        `[C]` float64 on z's device; for integer weights `sliced_wasserstein` of the materialised
+        replicate (rows repeated by their weights), same directions.
+
+    Raises:
+        ValueError: If `n_projections < 1` or the weights are bad.
+    """
+    return sliced_wasserstein_weighted(z, n_projections=n_projections, seed=seed)(wx, wy)
+
+
+def sliced_wasserstein_weighted(
+    z: torch.Tensor, *, n_projections: int = 128, seed: int = 0
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`sliced_wasserstein_weighted_columns` with z fixed: directions and sorted projections computed once.
+
+    Returns:
+        `f(wx [N, C], wy [N, C]) -> [C]` float64 on z's device.
+
+    Raises:
+        ValueError: If `n_projections < 1` (here) or the weights are bad (when called).
+    """
+    w = directions(z, "random", n_projections, seed)
+    values, order = (z @ w).sort(dim=0)  # [N, K] each
+    gaps = values.diff(dim=0).T  # [K, N - 1]
+
+    def columns(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
+        return _weighted_sum(order, gaps, wx, wy)
+
+    return columns
+
+
+def _weighted_sum(order: torch.Tensor, gaps: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
+    """Mean over directions of Σ_i |F_x(t_i) - F_y(t_i)| (t_{i+1} - t_i) for weighted rows (module docstring)."""
+    weights = check_weights(wx, wy, order.shape[0]).to(order.device).T.contiguous()  # [2C, N]
+    totals = weights.sum(dim=1)[:, None, None]  # [2C, 1, 1]
+    n, k = order.shape
+    c = wx.shape[1]
+    total = torch.zeros(c, dtype=torch.float64, device=order.device)
+    chunk = max(1, BLOCK_BYTES // (4 * n * 2 * c))
+    for start in range(0, k, chunk):
+        cdf = weights[:, order[:-1, start : start + chunk].T].cumsum(dim=2).div_(totals)  # [2C, k', N - 1]
+        excess = (cdf[:c] - cdf[c:]).abs_().mul_(gaps[start : start + chunk])
+        total += excess.sum(dim=2).sum(dim=1, dtype=torch.float64)
+    return total / k

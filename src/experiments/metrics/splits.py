@@ -10,7 +10,10 @@ stratified by sample (every sample gives about as many tokens). Then every confi
 computed for image(A) vs text(B), image(A) vs image(B) and text(A) vs text(B) with one permutation
 test (`metrics.engine`), block ids = sample numbers so permutations move whole samples. One row per
 (comparison, metric, repeat): the value, its p-value, the permutation null's mean and std, and the value
-centred on the null mean (raw and in null standard deviations), so controls centre on 0 for every metric.
+centred on the null mean (raw and in null standard deviations), so controls centre on 0 for every metric,
+and the value's confidence interval from a bootstrap over the samples of each side (`metrics.bootstrap`,
+`metric.n_bootstrap` replicates, BCa at `metric.ci_level`, for the metrics in `metric.bootstrap_metrics`;
+NaN for the others, or when off).
 `mmd_agg` writes its fused test as kernel `agg` and, from the same permutations, one row per (kernel,
 bandwidth scale) of its collection, kernel `rbf@0.5` etc. (that component's MMD² and its own test).
 """
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 
 from experiments.config import KernelConfig, MetricConfig
+from experiments.metrics.bootstrap import WEIGHTED_FUNCTIONS, sample_bootstrap_ci
 from experiments.metrics.engine import permutation_test
 from experiments.metrics.jsd import ESTIMATORS, parse_bins
 from experiments.metrics.mmd_agg import check_collection, mmd_agg_test
@@ -50,6 +54,7 @@ OPTIONS: dict[str, Callable[[MetricConfig, KernelConfig], dict[str, Any]]] = {
     "c2st_auc": lambda m, k: {"folds": m.c2st_folds, "alpha": m.c2st_alpha},
 }
 KERNEL_METRICS = {"mmd2"}  # metrics whose rows carry the kernel name
+NO_CI = {"ci_low": math.nan, "ci_high": math.nan}  # rows without a sample-bootstrap interval (mmd_agg)
 AGG_KERNEL = "agg"  # kernel of the fused mmd_agg row; its breakdown rows carry `kernel@scale`, e.g. rbf@0.5
 
 
@@ -68,6 +73,13 @@ def check_metric_config(metric: MetricConfig, kernel: KernelConfig) -> None:
     unknown = [n for n in metric.names if n not in OPTIONS]
     if unknown:
         raise ValueError(f"metric.names contains unknown {unknown}; valid metrics: {sorted(OPTIONS)}")
+    if isinstance(metric.n_bootstrap, bool) or metric.n_bootstrap < 0:
+        raise ValueError(f"metric.n_bootstrap={metric.n_bootstrap!r}: use an int >= 0 (0 = no interval)")
+    if not 0 < metric.ci_level < 1:
+        raise ValueError(f"metric.ci_level={metric.ci_level!r}: use a level in (0, 1), e.g. 0.95")
+    if unknown := [n for n in metric.bootstrap_metrics if n not in WEIGHTED_FUNCTIONS]:
+        raise ValueError(f"metric.bootstrap_metrics contains {unknown}, which have no sample bootstrap; "
+                         f"use some of {sorted(WEIGHTED_FUNCTIONS)}")
     if metric.jsd_estimator not in ESTIMATORS:
         raise ValueError(f"metric.jsd_estimator={metric.jsd_estimator!r}: use one of {list(ESTIMATORS)}")
     for options in OPTIONS.values():
@@ -121,7 +133,7 @@ def rows_needed(splits: list[Split]) -> np.ndarray:
 
 def compare_modalities(keys: torch.Tensor, rows: np.ndarray, sample: np.ndarray, splits: list[Split], *, seed: int,
                        metric: MetricConfig, kernel: KernelConfig, device: str) -> list[dict]:
-    """Rows {comparison, metric, kernel, split, value, p_value, n_x, n_y} for one layer's keys.
+    """Rows {comparison, metric, kernel, split, value, p_value, ..., ci_low, ci_high, n_x, n_y} for one layer's keys.
 
     Args:
         keys: [len(rows), kv_heads*head_dim] keys of one layer at the token `rows` (sorted global indices that
@@ -145,13 +157,17 @@ def compare_modalities(keys: torch.Tensor, rows: np.ndarray, sample: np.ndarray,
                 if name == "mmd_agg":
                     agg = mmd_agg_test(x, y, n_permutations=metric.n_permutations, seed=seed + split, groups_x=gx,
                                        groups_y=gy, device=device, **options)
-                    out.append(common | {"kernel": AGG_KERNEL} | _test_columns(agg))
-                    out.extend(common | {"kernel": c.label} | _test_columns(c) for c in agg.components)
+                    out.append(common | {"kernel": AGG_KERNEL} | _test_columns(agg) | NO_CI)
+                    out.extend(common | {"kernel": c.label} | _test_columns(c) | NO_CI for c in agg.components)
                     continue
                 test = permutation_test(x, y, name, n_permutations=metric.n_permutations, seed=seed + split,
                                         groups_x=gx, groups_y=gy, device=device, **options)
+                replicates = metric.n_bootstrap if name in metric.bootstrap_metrics else 0
+                ci = sample_bootstrap_ci(x, y, name, groups_x=gx, groups_y=gy, n_resamples=replicates,
+                                         confidence_level=metric.ci_level, seed=seed + split, device=device,
+                                         **options)
                 out.append(common | {"kernel": kernel.name if name in KERNEL_METRICS else "none"}
-                           | _test_columns(test))
+                           | _test_columns(test) | {"ci_low": ci.low, "ci_high": ci.high})
     return out
 
 

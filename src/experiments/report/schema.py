@@ -26,6 +26,10 @@ RESULT_COLUMNS: dict[str, str] = {
     "null_std": "standard deviation of the permutation null",
     "value_centered": "value - null_mean: the null-calibrated effect (controls centre on 0 for every metric)",
     "value_z": "value_centered / null_std: the effect in null standard deviations",
+    "ci_low": "lower end of the value's sample-bootstrap confidence interval (whole samples resampled per side, "
+              "BCa, metric.ci_level; percentile where BCa is undefined); NaN when metric.n_bootstrap=0 and for "
+              "c2st_auc and mmd_agg",
+    "ci_high": "upper end of that interval",
     "n_x": "tokens on the first side",
     "n_y": "tokens on the second side",
     "seed": "analysis.seed",

@@ -10,7 +10,9 @@ from experiments.report.schema import headline
 def summary_text(results: pd.DataFrame, header: str) -> str:
     """Mean ± std over splits per layer × metric × comparison, the cross/intra ratio, median p and the
     null-calibrated effect (mean `value_z`: distance from the permutation null in null standard deviations;
-    the controls should sit within about ±2). `mmd_agg` shows its fused test only (`schema.headline`)."""
+    the controls should sit within about ±2), and the cross-modal value's sample-bootstrap interval (`sample CI`:
+    the mean over splits of `ci_low` and of `ci_high`; left out when any split has none, e.g. c2st_auc).
+    `mmd_agg` shows its fused test only (`schema.headline`)."""
     lines = [header, ""]
     results = headline(results)
     grouped = results.groupby(["layer_index", "layer", "metric", "comparison"], sort=True)["value"]
@@ -26,6 +28,10 @@ def summary_text(results: pd.DataFrame, header: str) -> str:
                     & (results["comparison"] == "image_vs_text")]["p_value"].dropna()
         if len(p):
             line += f"  median p(image_vs_text) {p.median():.3g}"
+        cross = results[(results["layer_index"] == index) & (results["metric"] == metric)
+                        & (results["comparison"] == "image_vs_text")]
+        if "ci_low" in cross and cross[["ci_low", "ci_high"]].notna().all(axis=None) and len(cross):
+            line += f"  sample CI(image_vs_text) [{cross['ci_low'].mean():.4f}, {cross['ci_high'].mean():.4f}]"
         z = results[(results["layer_index"] == index) & (results["metric"] == metric)].groupby("comparison")[
             "value_z"].mean().dropna()
         if {"image_vs_text", "image_vs_image", "text_vs_text"} <= set(z.index):

@@ -79,6 +79,10 @@ class AnalysisConfig:
     max_tokens_per_group: int = 1000  # cap per (half, modality), seeded, stratified by sample
     seed: int = 0  # seed of the splits and of the token caps
     device: str = "auto"  # where the statistics run: cpu | cuda | auto
+    # leave attention-sink tokens out of every comparison and the t-SNE: the first position (BOS / first token)
+    # and, per layer, tokens whose key norm exceeds sink_norm_factor x that layer's median key norm
+    exclude_sinks: bool = False
+    sink_norm_factor: float = 4.0
 
 
 @dataclass

@@ -34,6 +34,7 @@ from experiments.metrics.splits import (
     compare_modalities,
     plan_splits,
     rows_needed,
+    sink_tokens,
 )
 from experiments.models import DTYPES, check_model_config, decoder_depth, load_model, resolve_device
 from experiments.report.schema import RESULT_COLUMNS
@@ -86,13 +87,13 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[s
     results = _reuse(out / "results.parquet", stamp)
     embedding = _reuse(out / "embedding.parquet", stamp)
     if results is None or embedding is None:
-        fresh_results, fresh_embedding = _analyse(job, store, index, layers, results is None, embedding is None,
-                                                  seconds)
+        fresh_results, fresh_embedding, sinks = _analyse(job, store, index, layers, results is None,
+                                                         embedding is None, seconds)
         if results is None:
             results = fresh_results
             report.write_parquet(results, out / "results.parquet", {
                 "stamp": stamp, "skipped_samples": skipped, "n_samples_used": n_used,
-                "cache_bytes_per_sample": cache_bytes, **tokens})
+                "cache_bytes_per_sample": cache_bytes, "sink_tokens_excluded": sinks, **tokens})
         if embedding is None:
             embedding = fresh_embedding
             report.write_parquet(embedding, out / "embedding.parquet", {"stamp": stamp})
@@ -178,26 +179,35 @@ def _extract_missing(job: JobConfig, store: KeyStore, samples: list, layers: lis
 
 
 def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[LayerSpec], statistics: bool,
-             embedding: bool, seconds: dict[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+             embedding: bool, seconds: dict[str, float]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """Statistics and t-SNE, one layer at a time, each reading only the token rows it uses from the cache.
 
     t-SNE runs on at most `report.tsne_max_layers` of the layers, evenly spaced (first and last included).
+    With `analysis.exclude_sinks`, each layer's sink tokens (`splits.sink_tokens`, from the stored key norms)
+    are left out before any token is chosen; returns their count per layer label.
     """
     is_image, sample = index.is_image.numpy(), index.sample.numpy()
-    splits = plan_splits(is_image, sample, n_splits=job.analysis.n_splits,
-                         max_tokens_per_group=job.analysis.max_tokens_per_group, seed=job.analysis.seed)
-    stat_rows = rows_needed(splits) if statistics else np.zeros(0, dtype=np.int64)
-    embed_rows = (report.embedding_rows(is_image, n_points=job.report.tsne_points, seed=job.report.seed)
-                  if embedding else np.zeros(0, dtype=np.int64))
-    needed = np.union1d(stat_rows, embed_rows)
     pick = np.unique(np.linspace(0, len(layers) - 1, min(len(layers), job.report.tsne_max_layers)).round())
     embedded = {layers[int(i)].index for i in pick}
     device = resolve_device(job.analysis.device)
     rows: list[dict] = []
     frames = []
+    sinks: dict[str, int] = {}
+    empty = np.zeros(0, dtype=np.int64)
     seconds.update(read=0.0, statistics=0.0, embedding=0.0)
     for spec in tqdm(layers, desc="analyse layers", unit="layer"):
         tick = time.time()
+        eligible = None
+        if job.analysis.exclude_sinks:
+            flagged = sink_tokens(index.position.numpy(), store.read_norms(spec.index, index),
+                                  job.analysis.sink_norm_factor)
+            sinks[spec.label], eligible = int(flagged.sum()), ~flagged
+        splits = plan_splits(is_image, sample, n_splits=job.analysis.n_splits, eligible=eligible,
+                             max_tokens_per_group=job.analysis.max_tokens_per_group, seed=job.analysis.seed)
+        stat_rows = rows_needed(splits) if statistics else empty
+        embed_rows = (report.embedding_rows(is_image, n_points=job.report.tsne_points, seed=job.report.seed,
+                                            eligible=eligible) if embedding and spec.index in embedded else empty)
+        needed = np.union1d(stat_rows, embed_rows)
         keys = store.read(spec.index, needed, index).float()  # [len(needed), dim]
         seconds["read"] += time.time() - tick
         tick = time.time()
@@ -209,19 +219,20 @@ def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[La
                              "prompt_style": job.benchmark.prompt_style})
         seconds["statistics"] += time.time() - tick
         tick = time.time()
-        if embedding and spec.index in embedded:
+        if len(embed_rows):
             frame = report.embed_keys(keys[torch.from_numpy(np.searchsorted(needed, embed_rows))],
                                       is_image[embed_rows], sample[embed_rows], pca_dim=job.report.tsne_pca_dim,
                                       perplexity=job.report.perplexity, seed=job.report.seed)
             frame["sample_id"] = frame.pop("sample_number").map(index.sample_ids)
             frames.append(frame.assign(model=job.model.name, benchmark=job.benchmark.name, layer=spec.label))
         seconds["embedding"] += time.time() - tick
+        log.info("layer %s: %d of %d token rows read%s", spec.label, len(needed), len(sample),
+                 f", {sinks[spec.label]} sink tokens left out" if spec.label in sinks else "")
         del keys
-    log.info("analysis of %d layers: %d of %d token rows read per layer; read %.1f s, statistics %.1f s, "
-             "t-SNE %.1f s", len(layers), len(needed), len(sample), seconds["read"], seconds["statistics"],
-             seconds["embedding"])
+    log.info("analysis of %d layers: read %.1f s, statistics %.1f s, t-SNE %.1f s", len(layers), seconds["read"],
+             seconds["statistics"], seconds["embedding"])
     return (pd.DataFrame(rows, columns=list(RESULT_COLUMNS)),
-            pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+            pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), sinks)
 
 
 def _write_status(out: Path, status: dict) -> None:

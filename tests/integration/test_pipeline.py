@@ -208,3 +208,16 @@ def test_layer_every_gives_a_depth_profile(tmp_path, cache_dir):
     assert sorted(results["layer_index"].unique()) == [0, 1, 2, 3] and set(results["layer"]) == {"0", "1", "2", "3"}
     assert (tmp_path / "0" / "figures" / "depth_profile.png").stat().st_size > 10_000
     assert set(pd.read_parquet(tmp_path / "0" / "embedding.parquet")["layer"]) == {"0", "3"}  # 2 evenly spaced
+
+
+def test_exclude_sinks_leaves_out_every_first_token(tmp_path, cache_dir):
+    """Each sample's position-0 token (BOS) is a sink; excluded, the text groups shrink by exactly those tokens."""
+    base = ["logger=none", "metric=mmd", "analysis.n_splits=1", "layer=late"]
+    run(_cfg(cache_dir, base), tmp_path / "all")
+    run(_cfg(cache_dir, [*base, "analysis.exclude_sinks=true", "analysis.sink_norm_factor=1000"]), tmp_path / "cut")
+    everything, cut = (pd.read_parquet(tmp_path / name / "results.parquet").set_index("comparison")
+                       for name in ("all", "cut"))
+    assert read_metadata(tmp_path / "cut" / "results.parquet")["sink_tokens_excluded"] == {"late": 8}
+    half = 4  # 8 samples, 4 per half: one BOS each
+    assert cut.loc["text_vs_text", "n_x"] == everything.loc["text_vs_text", "n_x"] - half
+    assert cut.loc["image_vs_image", "n_x"] == everything.loc["image_vs_image", "n_x"]  # BOS is a text token

@@ -128,3 +128,19 @@ def test_layers_and_speed_settings_do_not_change_the_entry():
         assert entry_name(cache_descriptor(_job(*same))) == base, same
     for other in (["keys.site=pre_rope"], ["keys.store_dtype=bfloat16"], ["benchmark.limit=5"]):
         assert entry_name(cache_descriptor(_job(*other))) != base, other
+
+
+def test_layer_files_hold_the_key_norms(tmp_path):
+    store = KeyStore(tmp_path, DESCRIPTOR, n_samples=3)
+    records = [_record(n, 5 + n) for n in range(3)]
+    store.write(0, [0, 2], records[:2], skipped=[])
+    store.write(1, [0, 2], records[2:], skipped=[])
+    index = store.index()
+    for layer in (0, 2):
+        keys = torch.cat([load_file(str(store.layer_path(k, layer)))["keys"] for k in range(2)]).double()
+        np.testing.assert_allclose(store.read_norms(layer, index), torch.linalg.vector_norm(keys, dim=1).numpy(),
+                                   rtol=1e-6)
+    assert index.position.tolist() == [p for r in records for p in r.position.tolist()]
+    save_file({"keys": torch.zeros(11, 8)}, str(store.layer_path(0, 0)))  # a file from before norms were stored
+    with pytest.raises(RuntimeError, match="no key norms.*experiments.cache remove"):
+        store.read_norms(0, index)

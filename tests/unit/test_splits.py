@@ -80,3 +80,26 @@ def test_comparisons_on_the_selected_rows_equal_those_on_all_keys():
     selected = compare_modalities(keys[torch.from_numpy(needed)], needed, sample.numpy(), splits, **options)
     full = compare_modalities(keys, np.arange(len(keys)), sample.numpy(), splits, **options)
     assert selected == full
+
+
+def test_sink_tokens_are_the_first_position_and_extreme_norms():
+    from experiments.metrics.splits import sink_tokens
+
+    position = np.tile(np.arange(10), 3)
+    norms = np.ones(30)
+    norms[13] = 4.5  # > 4 x the median norm (1.0)
+    norms[24] = 3.9
+    flagged = sink_tokens(position, norms, norm_factor=4.0)
+    assert np.flatnonzero(flagged).tolist() == [0, 10, 13, 20]
+
+
+def test_no_group_takes_an_ineligible_token():
+    keys, is_image, sample = _planted(n_samples=8, tokens=12)
+    eligible = np.arange(len(sample)) % 12 != 0  # e.g. every sample's first token is a sink
+    splits = plan_splits(is_image.numpy(), sample.numpy(), n_splits=3, max_tokens_per_group=1000, seed=0,
+                         eligible=eligible)
+    used = rows_needed(splits)
+    assert not (~eligible[used]).any()
+    everything = rows_needed(plan_splits(is_image.numpy(), sample.numpy(), n_splits=3, max_tokens_per_group=1000,
+                                         seed=0))
+    assert set(everything) - set(used) == set(np.flatnonzero(~eligible))  # only the sinks are left out

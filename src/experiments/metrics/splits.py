@@ -97,13 +97,20 @@ class Split:
     groups: dict[tuple[str, bool], np.ndarray]  # ("A" | "B", is_image) -> [group tokens]
 
 
+def sink_tokens(position: np.ndarray, norms: np.ndarray, norm_factor: float) -> np.ndarray:
+    """[tokens] True for attention-sink candidates: the first position (BOS / first token) and keys whose
+    norm exceeds `norm_factor` times the median key norm (tokens with massive activations)."""
+    return (position == 0) | (norms > norm_factor * np.median(norms))
+
+
 def plan_splits(is_image: np.ndarray, sample: np.ndarray, *, n_splits: int, max_tokens_per_group: int,
-                seed: int) -> list[Split]:
+                seed: int, eligible: np.ndarray | None = None) -> list[Split]:
     """Choose every token the comparisons will use, from the per-token metadata alone (no keys needed).
 
     Args:
         is_image: [tokens] True for image tokens.
         sample: [tokens] sample number of each token (the block id).
+        eligible: [tokens] False for tokens no group may take (e.g. sinks); None: every token.
 
     Raises:
         ValueError: fewer than 2 samples with keys.
@@ -118,7 +125,7 @@ def plan_splits(is_image: np.ndarray, sample: np.ndarray, *, n_splits: int, max_
         order = rng.permutation(samples)
         groups = {}
         for half, members in (("A", order[: len(order) // 2]), ("B", order[len(order) // 2:])):
-            in_half = np.isin(sample, members)
+            in_half = np.isin(sample, members) if eligible is None else np.isin(sample, members) & eligible
             for modality in (True, False):
                 idx = np.flatnonzero(in_half & (is_image == modality))
                 groups[half, modality] = _stratified_cap(idx, sample, max_tokens_per_group, rng)

@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     import torch
 
 
-def embedding_rows(is_image: np.ndarray, *, n_points: int, seed: int) -> np.ndarray:
-    """Sorted token rows to embed: up to `n_points`, half image and half text where possible (seeded)."""
+def embedding_rows(is_image: np.ndarray, *, n_points: int, seed: int, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Sorted token rows to embed: up to `n_points`, half image and half text where possible (seeded), among
+    the `eligible` tokens (all when None)."""
     rng = np.random.default_rng(seed)
     chosen = []
     for modality in (True, False):
-        idx = np.flatnonzero(is_image == modality)
+        idx = np.flatnonzero((is_image == modality) if eligible is None else (is_image == modality) & eligible)
         chosen.append(idx if len(idx) <= n_points // 2 else rng.choice(idx, n_points // 2, replace=False))
     return np.sort(np.concatenate(chosen))
 

@@ -6,7 +6,8 @@ Layout of an entry, `<cache_dir>/keys/<model>-<benchmark>-<hash>/`:
     shard-00000.tokens.safetensors      per-token metadata of samples [0, shard_size): is_image [T] bool,
                                         sample [T] int64, position [T] int64; sample ids, token counts
                                         and skipped samples in the file's metadata
-    shard-00000.layer-003.safetensors   keys [T, kv_heads*head_dim] of decoder layer 3, same rows
+    shard-00000.layer-003.safetensors   keys [T, kv_heads*head_dim] of decoder layer 3, same rows, and their
+                                        L2 norms [T] (sink detection without reading the keys)
     ...
 
 Layers are not part of the hash: a job that needs a subset of the stored layers reuses the entry, and
@@ -81,6 +82,7 @@ class TokenIndex:
     Attributes:
         is_image: [tokens] True for image tokens.
         sample: [tokens] number (benchmark order) of the sample each token belongs to.
+        position: [tokens] position of each token in its sample's own sequence (0: BOS / first token).
         shard_offsets: [n_shards + 1] first token row of each shard (and the total).
         sample_ids: number -> the benchmark's sample id.
         token_counts: number -> (image tokens, text tokens) of the sample before the per-sample cap.
@@ -89,6 +91,7 @@ class TokenIndex:
 
     is_image: torch.Tensor
     sample: torch.Tensor
+    position: torch.Tensor
     shard_offsets: np.ndarray
     sample_ids: dict[int, str]
     token_counts: dict[int, tuple[int, int]]
@@ -159,7 +162,7 @@ class KeyStore:
 
         if absent := [k for k in range(self.n_shards) if not self.tokens_path(k).exists()]:
             raise FileNotFoundError(f"key cache {self.dir} lacks shards {absent}; rerun the job to extract them")
-        is_image, sample, offsets = [], [], [0]
+        is_image, sample, position, offsets = [], [], [], [0]
         sample_ids: dict[int, str] = {}
         token_counts: dict[int, tuple[int, int]] = {}
         skipped: list[dict[str, str]] = []
@@ -168,6 +171,7 @@ class KeyStore:
                 meta = f.metadata()
                 is_image.append(f.get_tensor("is_image"))
                 sample.append(f.get_tensor("sample"))
+                position.append(f.get_tensor("position"))
             sample_ids.update({int(n): s for n, s in json.loads(meta["sample_ids"]).items()})
             token_counts.update({int(n): (c[0], c[1]) for n, c in json.loads(meta["token_counts"]).items()})
             skipped += json.loads(meta["skipped"])
@@ -175,7 +179,8 @@ class KeyStore:
         if not sample_ids:
             raise ValueError(f"every sample was skipped at extraction ({len(skipped)}): first reason: "
                              f"{skipped[0]['reason'] if skipped else 'none'}")
-        return TokenIndex(is_image=torch.cat(is_image), sample=torch.cat(sample), shard_offsets=np.array(offsets),
+        return TokenIndex(is_image=torch.cat(is_image), sample=torch.cat(sample), position=torch.cat(position),
+                          shard_offsets=np.array(offsets),
                           sample_ids=sample_ids, token_counts=token_counts, skipped=skipped)
 
     def read(self, layer: int, rows: np.ndarray, index: TokenIndex) -> torch.Tensor:
@@ -198,6 +203,28 @@ class KeyStore:
                 expected = int(index.shard_offsets[k + 1] - index.shard_offsets[k])
                 parts.append(_read_rows(self.layer_path(k, layer), local, expected))
         return torch.cat(parts) if parts else torch.zeros(0, 0)
+
+    def read_norms(self, layer: int, index: TokenIndex) -> np.ndarray:
+        """Key norms `[tokens]` of `layer` for every token of the entry (float32; small, like the metadata).
+
+        Raises:
+            RuntimeError: a layer file was written before norms were stored (remove the entry and rerun).
+        """
+        from safetensors import safe_open
+
+        parts = []
+        for k in range(self.n_shards):
+            with safe_open(str(self.layer_path(k, layer)), framework="pt") as f:
+                if "norms" not in f.keys():
+                    raise RuntimeError(f"key cache file {self.layer_path(k, layer)} has no key norms (written by an "
+                                       f"older keyspace); remove the entry (python -m experiments.cache remove "
+                                       f"{self.dir.name}) and rerun")
+                parts.append(f.get_tensor("norms"))
+        norms = torch.cat(parts).numpy()
+        if len(norms) != index.shard_offsets[-1]:
+            raise RuntimeError(f"key cache {self.dir}: layer {layer} has {len(norms)} norms for "
+                               f"{index.shard_offsets[-1]} tokens; the entry is damaged, remove it and rerun")
+        return norms
 
     def layer_coverage(self) -> dict[int, int]:
         """Layer -> how many shards hold its keys (`n_shards`: complete; fewer: partly extracted)."""
@@ -236,9 +263,10 @@ def entry_name(descriptor: dict[str, Any]) -> str:
 
 
 def _save_keys(keys: torch.Tensor, path: str) -> None:
+    """The keys and their L2 norms (float32, [T]): the norms let sinks be found without reading the keys."""
     from safetensors.torch import save_file
 
-    save_file({"keys": keys}, path)
+    save_file({"keys": keys, "norms": keys.float().norm(dim=1)}, path)
 
 
 def _read_rows(path: Path, rows: np.ndarray, expected_rows: int) -> torch.Tensor:

@@ -83,6 +83,9 @@ class AnalysisConfig:
     # and, per layer, tokens whose key norm exceeds sink_norm_factor x that layer's median key norm
     exclude_sinks: bool = False
     sink_norm_factor: float = 4.0
+    # which text tokens the text groups take: all (every non-image token) | content (the sample's own question,
+    # hint and options; chat template, system prompt and special tokens left out)
+    text_tokens: str = "all"
 
 
 @dataclass

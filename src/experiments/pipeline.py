@@ -152,6 +152,8 @@ def _validate(job: JobConfig) -> None:
     kernel_class(job.kernel.name)
     check_metric_config(job.metric, job.kernel)
     check_logger(job.logger)
+    if job.analysis.text_tokens not in ("all", "content"):
+        raise ValueError(f"analysis.text_tokens={job.analysis.text_tokens!r}: use all or content")
     if job.keys.store_dtype not in ("auto", *DTYPES):
         raise ValueError(f"keys.store_dtype={job.keys.store_dtype!r}: use one of {['auto', *DTYPES]}")
 
@@ -183,10 +185,12 @@ def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[La
     """Statistics and t-SNE, one layer at a time, each reading only the token rows it uses from the cache.
 
     t-SNE runs on at most `report.tsne_max_layers` of the layers, evenly spaced (first and last included).
-    With `analysis.exclude_sinks`, each layer's sink tokens (`splits.sink_tokens`, from the stored key norms)
+    `analysis.text_tokens=content` keeps only the samples' own text among the text tokens. With
+    `analysis.exclude_sinks`, each layer's sink tokens (`splits.sink_tokens`, from the stored key norms)
     are left out before any token is chosen; returns their count per layer label.
     """
     is_image, sample = index.is_image.numpy(), index.sample.numpy()
+    text_ok = None if job.analysis.text_tokens == "all" else is_image | index.is_content.numpy()
     pick = np.unique(np.linspace(0, len(layers) - 1, min(len(layers), job.report.tsne_max_layers)).round())
     embedded = {layers[int(i)].index for i in pick}
     device = resolve_device(job.analysis.device)
@@ -197,11 +201,12 @@ def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[La
     seconds.update(read=0.0, statistics=0.0, embedding=0.0)
     for spec in tqdm(layers, desc="analyse layers", unit="layer"):
         tick = time.time()
-        eligible = None
+        eligible = text_ok
         if job.analysis.exclude_sinks:
             flagged = sink_tokens(index.position.numpy(), store.read_norms(spec.index, index),
                                   job.analysis.sink_norm_factor)
-            sinks[spec.label], eligible = int(flagged.sum()), ~flagged
+            sinks[spec.label] = int(flagged.sum())
+            eligible = ~flagged if eligible is None else eligible & ~flagged
         splits = plan_splits(is_image, sample, n_splits=job.analysis.n_splits, eligible=eligible,
                              max_tokens_per_group=job.analysis.max_tokens_per_group, seed=job.analysis.seed)
         stat_rows = rows_needed(splits) if statistics else empty

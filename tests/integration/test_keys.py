@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import unicodedata
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from experiments.benchmarks.sample import LazyImage, Sample
 from experiments.config import BenchmarkConfig
 from experiments.keys.capture import KeyCapture, key_name
 from experiments.keys.extract import extract_keys
+
+from ..conftest import REPO
 
 SITES = ["pre_rope", "post_rope"]
 
@@ -182,3 +186,34 @@ def test_capture_uses_no_deprecated_transformers_argument(tiny, site):
         warnings.simplefilter("error", FutureWarning)
         with KeyCapture(tiny.model, tiny.adapter.layers(tiny.model), [1], site, torch.float32) as capture:
             capture.run(**tiny.adapter.model_inputs(tiny.processor, [sample.decoded()]))
+
+
+CONTENT_SOURCES = {
+    "synthetic-mmbench_cn": BenchmarkConfig(name="synthetic", limit=3, style="mmbench_cn"),
+    "synthetic-mmmu": BenchmarkConfig(name="synthetic", limit=3, style="mmmu"),
+    "real-mmmu": BenchmarkConfig(name="mmmu", path=str(REPO / "tests/fixtures/real_samples/mmmu/MMMU"),
+                                 split="validation", subjects=["Accounting", "Economics", "Finance"], limit=6),
+}
+
+
+@pytest.mark.parametrize("source", list(CONTENT_SOURCES))
+def test_content_mask_marks_exactly_the_samples_own_text(tiny, source):
+    """Decoding the content tokens gives back the sample's text; the rest decodes to template and special tokens."""
+    samples = [s.decoded() for s in load_samples(CONTENT_SOURCES[source]).samples]
+    tokenizer = tiny.processor.tokenizer
+    inputs = tiny.adapter.model_inputs(tiny.processor, samples, offsets=True)
+    content = tiny.adapter.content_mask(tiny.processor, samples, inputs)
+    image_id = tokenizer.convert_tokens_to_ids(tiny.processor.image_token)
+    for row, sample in enumerate(samples):
+        ids = inputs["input_ids"][row]
+        real = inputs["attention_mask"][row].bool()
+        assert not (content[row] & ((ids == image_id) | ~real)).any()
+        def squeeze(text: str) -> str:  # tokenizers differ in whitespace marks; the Llama one applies NFKC
+            return "".join(unicodedata.normalize("NFKC", text).split())
+
+        # the tiny offline tokenizers decode characters outside their small vocabulary as <unk>
+        decoded = squeeze(tokenizer.decode(ids[content[row]].tolist())).split(squeeze(tokenizer.unk_token or "\0"))
+        assert re.fullmatch(".+?".join(map(re.escape, decoded)), squeeze(sample.text))
+        rest = tokenizer.decode(ids[real & ~content[row] & (ids != image_id)].tolist())
+        assert ("ASSISTANT:" in rest) if tiny.adapter.family.startswith("llava") else ("assistant" in rest)
+        assert squeeze(sample.text)[:12] not in squeeze(rest)

@@ -8,6 +8,7 @@ import logging
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from experiments.config import register_configs
 from experiments.pipeline import run
@@ -221,3 +222,23 @@ def test_exclude_sinks_leaves_out_every_first_token(tmp_path, cache_dir):
     half = 4  # 8 samples, 4 per half: one BOS each
     assert cut.loc["text_vs_text", "n_x"] == everything.loc["text_vs_text", "n_x"] - half
     assert cut.loc["image_vs_image", "n_x"] == everything.loc["image_vs_image", "n_x"]  # BOS is a text token
+
+
+def test_text_tokens_content_leaves_the_template_out(tmp_path, cache_dir):
+    """analysis.text_tokens=content: text groups hold only the samples' own text; image groups are unchanged."""
+    from experiments.config import JobConfig
+    from experiments.store import KeyStore, cache_descriptor
+
+    base = ["logger=none", "metric=mmd", "analysis.n_splits=1", "layer=late"]
+    run(_cfg(cache_dir, base), tmp_path / "all")
+    cfg = _cfg(cache_dir, [*base, "analysis.text_tokens=content"])
+    run(cfg, tmp_path / "content")
+    everything, content = (pd.read_parquet(tmp_path / name / "results.parquet").set_index("comparison")
+                           for name in ("all", "content"))
+    assert content.loc["image_vs_image", "n_x"] == everything.loc["image_vs_image", "n_x"]
+    job: JobConfig = OmegaConf.to_object(cfg)
+    index = KeyStore(job.paths.cache_dir, cache_descriptor(job), 8).index()
+    text, own = ~index.is_image, index.is_content
+    assert 0 < int(own.sum()) < int(text.sum()) and not (own & index.is_image).any()
+    half_share = everything.loc["text_vs_text", "n_x"] * int(own.sum()) / int(text.sum())
+    assert content.loc["text_vs_text", "n_x"] == pytest.approx(half_share, rel=0.25)  # about the content share

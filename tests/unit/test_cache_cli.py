@@ -22,7 +22,8 @@ def _entry(cache, model: str, shards_with_layer_2: int) -> KeyStore:
     for shard in range(2):
         layers = [0, 2] if shard < shards_with_layer_2 else [0]
         record = SampleKeys(number=shard, sample_id=f"s{shard}", keys={i: torch.ones(3, 4) for i in layers},
-                            is_image=torch.tensor([True, False, False]), position=torch.arange(3),
+                            is_image=torch.tensor([True, False, False]),
+                            is_content=torch.tensor([False, False, True]), position=torch.arange(3),
                             n_image_tokens=1, n_text_tokens=2)
         store.write(shard, layers, [record], skipped=[])
     return store

@@ -17,7 +17,8 @@ def _record(number: int, tokens: int, layers=(0, 2), dtype=torch.float32) -> Sam
     g = torch.Generator().manual_seed(number)
     return SampleKeys(number=number, sample_id=f"s{number}",
                       keys={i: (torch.randn(tokens, 8, generator=g) + i).to(dtype) for i in layers},
-                      is_image=torch.arange(tokens) < 3, position=torch.arange(tokens),
+                      is_image=torch.arange(tokens) < 3, is_content=torch.arange(tokens) >= 4,
+                      position=torch.arange(tokens),
                       n_image_tokens=3, n_text_tokens=tokens - 3 + number)
 
 

@@ -71,9 +71,12 @@ class _Adapter:
     def __init__(self) -> None:
         self.seen: list = []
 
-    def model_inputs(self, processor, samples):
+    def model_inputs(self, processor, samples, offsets=False):
         self.seen.append(samples)
-        return {"rows": len(samples)}
+        return {"rows": len(samples), "offset_mapping": None}
+
+    def content_mask(self, processor, samples, inputs):
+        return [True] * len(samples)
 
 
 def test_image_failing_full_decode_is_skipped_at_extraction_with_reason(tmp_path):
@@ -87,7 +90,7 @@ def test_image_failing_full_decode_is_skipped_at_extraction_with_reason(tmp_path
     batch = list(enumerate(samples[:3]))
     adapter = _Adapter()
     kept, inputs, skipped = _prepare(adapter, None, batch)
-    assert kept == batch[1:] and inputs == {"rows": len(batch) - 1}
+    assert kept == batch[1:] and inputs == {"rows": len(batch) - 1, "is_content": [True] * (len(batch) - 1)}
     assert [s.id for s in adapter.seen[0]] == [s.id for _, s in batch[1:]]
     assert all(isinstance(i, Image.Image) for s in adapter.seen[0] for i in s.images)
     assert [entry["sample_id"] for entry in skipped] == ["validation_Accounting_1"]

@@ -37,6 +37,8 @@ class SampleKeys:
         sample_id: the benchmark's id of the sample.
         keys: layer index -> [tokens, kv_heads*head_dim].
         is_image: [tokens] True at image-token positions.
+        is_content: [tokens] True at the sample's own text (question, hint, options), False at the chat
+            template, system prompt, special and image tokens (`ModelAdapter.content_mask`).
         position: [tokens] position of each token in the sample's own (unpadded) sequence.
         n_image_tokens, n_text_tokens: the sample's token counts before the per-sample cap.
     """
@@ -45,6 +47,7 @@ class SampleKeys:
     sample_id: str
     keys: dict[int, torch.Tensor]
     is_image: torch.Tensor
+    is_content: torch.Tensor
     position: torch.Tensor
     n_image_tokens: int
     n_text_tokens: int
@@ -54,19 +57,21 @@ class SampleKeys:
 class _Staged:
     """A batch whose kept keys are (possibly still) being copied to the host."""
 
-    rows: list[tuple[int, str, torch.Tensor, torch.Tensor, int, int]]  # number, id, is_image, position, counts
+    rows: list[tuple[int, str, torch.Tensor, torch.Tensor, torch.Tensor, int, int]]  # number, id, is_image,
+    # is_content, position, counts
     keys: dict[int, torch.Tensor]  # layer -> [kept tokens of the whole batch, dim], host memory
     done: Any  # CUDA event, or None when the copy was synchronous
 
     def finish(self) -> list[SampleKeys]:
         if self.done is not None:
             self.done.synchronize()
-        sizes = [len(row[3]) for row in self.rows]
+        sizes = [len(row[4]) for row in self.rows]
         split = {layer: keys.split(sizes) for layer, keys in self.keys.items()}
-        return [SampleKeys(number=number, sample_id=sample_id, is_image=is_image, position=position,
+        return [SampleKeys(number=number, sample_id=sample_id, is_image=is_image, is_content=is_content,
+                           position=position,
                            keys={layer: parts[i] for layer, parts in split.items()},
                            n_image_tokens=n_image, n_text_tokens=n_text)
-                for i, (number, sample_id, is_image, position, n_image, n_text) in enumerate(self.rows)]
+                for i, (number, sample_id, is_image, is_content, position, n_image, n_text) in enumerate(self.rows)]
 
 
 def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers: list[int], site: str,
@@ -94,7 +99,7 @@ def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers:
             skipped += undecodable
             if not batch:
                 continue
-            ids, real = inputs["input_ids"], inputs["attention_mask"].bool()
+            ids, real, content = inputs["input_ids"], inputs["attention_mask"].bool(), inputs.pop("is_content")
             inputs = inputs.to(device, non_blocking=True)
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -112,7 +117,8 @@ def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers:
                 positions = _kept_positions(is_image[real[row]], max_tokens_per_sample, seed, number)
                 where = real[row].nonzero().squeeze(1)[positions]
                 n_image = int(is_image[real[row]].sum())
-                rows.append((number, sample.id, is_image[where], positions, n_image, int(real[row].sum()) - n_image))
+                rows.append((number, sample.id, is_image[where], content[row][where], positions, n_image,
+                             int(real[row].sum()) - n_image))
                 flat_rows.append(torch.full_like(where, row))
                 flat_positions.append(where)
             staged = _stage(captured, layers, site, rows, flat_rows, flat_positions, device)
@@ -147,7 +153,12 @@ def _prepare(adapter: Any, processor: Any, batch: list[tuple[int, Sample]]
             skipped.append({"sample_id": sample.id, "reason": str(err)})
             continue
         kept.append((number, sample))
-    return kept, adapter.model_inputs(processor, decoded) if decoded else None, skipped
+    if not decoded:
+        return kept, None, skipped
+    inputs = adapter.model_inputs(processor, decoded, offsets=True)
+    inputs["is_content"] = adapter.content_mask(processor, decoded, inputs)
+    del inputs["offset_mapping"]
+    return kept, inputs, skipped
 
 
 def _buckets(samples: list[tuple[int, Sample]], batch_size: int) -> list[list[tuple[int, Sample]]]:

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from experiments.benchmarks.sample import Sample
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,11 @@ class ModelAdapter:
             {"type": "text", "text": part} if isinstance(part, str) else {"type": "image", "image": part}
             for part in sample.parts]}]
 
-    def model_inputs(self, processor: Any, samples: list[Sample]) -> Any:
+    def model_inputs(self, processor: Any, samples: list[Sample], offsets: bool = False) -> Any:
         """Processor outputs for a batch: the checkpoint's chat template applied to each sample, right-padded.
+
+        `offsets=True` adds the tokens' character offsets (`offset_mapping`, for `content_mask`; remove it
+        before the forward).
 
         Right padding keeps every real token at the position it has when run alone (LLaVA takes
         `arange` positions; Qwen's M-RoPE index is mask-aware either way).
@@ -65,7 +71,53 @@ class ModelAdapter:
         processor.tokenizer.padding_side = "right"
         return processor.apply_chat_template(
             [self.conversation(sample) for sample in samples], add_generation_prompt=True, tokenize=True,
-            return_dict=True, return_tensors="pt", processor_kwargs={"padding": True})
+            return_dict=True, return_tensors="pt",
+            processor_kwargs={"padding": True, **({"return_offsets_mapping": True} if offsets else {})})
+
+    def content_mask(self, processor: Any, samples: list[Sample], inputs: Any) -> torch.Tensor:
+        """[B, S] True at the tokens of the samples' own text (question, hint, options), False at the chat
+        template, system prompt, special tokens, image tokens and padding.
+
+        Decided from character offsets: each sample's text parts are located in its rendered (unexpanded)
+        prompt, and each token's offset in the processor's expanded prompt is mapped back by removing the
+        length that every run of image tokens added over its single placeholder. A token is content when its
+        non-whitespace characters lie inside a text part.
+
+        Args:
+            processor: the family's processor.
+            samples: the batch, decoded.
+            inputs: `model_inputs(processor, samples, offsets=True)`, with `offset_mapping` [B, S, 2].
+        """
+        import torch
+
+        placeholder = processor.image_token
+        image_id = processor.tokenizer.convert_tokens_to_ids(placeholder)
+        mask = torch.zeros(inputs["input_ids"].shape, dtype=torch.bool)
+        for row, sample in enumerate(samples):
+            rendered = processor.apply_chat_template(self.conversation(sample), add_generation_prompt=True,
+                                                     tokenize=False)
+            spans, cursor = [], 0
+            for part in (p for p in sample.parts if isinstance(p, str)):
+                start = rendered.index(part, cursor)
+                spans.append((start, start + len(part)))
+                cursor = start + len(part)
+            shift, run = 0, None  # run: (start, end) in the expanded prompt of the current image-token run
+            for t, (token, (begin, end), real) in enumerate(zip(inputs["input_ids"][row].tolist(),
+                                                               inputs["offset_mapping"][row].tolist(),
+                                                               inputs["attention_mask"][row].tolist(), strict=True)):
+                if not real:
+                    continue
+                if token == image_id:
+                    run = (run[0] if run else begin, end)
+                    continue
+                if run:
+                    shift += (run[1] - run[0]) - len(placeholder)
+                    run = None
+                text = rendered[begin - shift:end - shift]
+                first = begin - shift + (len(text) - len(text.lstrip()))
+                last = end - shift - (len(text) - len(text.rstrip()))
+                mask[row, t] = first < last and any(a <= first and last <= b for a, b in spans)
+        return mask
 
 
 def auto_processor(path: str, revision: str | None, **kwargs: Any) -> Any:

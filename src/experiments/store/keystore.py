@@ -4,8 +4,9 @@ Layout of an entry, `<cache_dir>/keys/<model>-<benchmark>-<hash>/`:
 
     manifest.json                       the descriptor that was hashed, sample count, shard size
     shard-00000.tokens.safetensors      per-token metadata of samples [0, shard_size): is_image [T] bool,
-                                        sample [T] int64, position [T] int64; sample ids, token counts
-                                        and skipped samples in the file's metadata
+                                        is_content [T] bool (the sample's own text), sample [T] int64,
+                                        position [T] int64; sample ids, token counts and skipped samples
+                                        in the file's metadata
     shard-00000.layer-003.safetensors   keys [T, kv_heads*head_dim] of decoder layer 3, same rows, and their
                                         L2 norms [T] (sink detection without reading the keys)
     ...
@@ -81,6 +82,7 @@ class TokenIndex:
 
     Attributes:
         is_image: [tokens] True for image tokens.
+        is_content: [tokens] True for text tokens of the sample's own text (not template, system or special).
         sample: [tokens] number (benchmark order) of the sample each token belongs to.
         position: [tokens] position of each token in its sample's own sequence (0: BOS / first token).
         shard_offsets: [n_shards + 1] first token row of each shard (and the total).
@@ -90,6 +92,7 @@ class TokenIndex:
     """
 
     is_image: torch.Tensor
+    is_content: torch.Tensor
     sample: torch.Tensor
     position: torch.Tensor
     shard_offsets: np.ndarray
@@ -142,6 +145,7 @@ class KeyStore:
             atomic_write(manifest, lambda p: Path(p).write_text(json.dumps(body, indent=2)))
         tokens = {
             "is_image": _cat([r.is_image for r in records], torch.bool),
+            "is_content": _cat([r.is_content for r in records], torch.bool),
             "sample": _cat([torch.full((len(r.is_image),), r.number) for r in records], torch.int64),
             "position": _cat([r.position for r in records], torch.int64),
         }
@@ -162,14 +166,19 @@ class KeyStore:
 
         if absent := [k for k in range(self.n_shards) if not self.tokens_path(k).exists()]:
             raise FileNotFoundError(f"key cache {self.dir} lacks shards {absent}; rerun the job to extract them")
-        is_image, sample, position, offsets = [], [], [], [0]
+        is_image, is_content, sample, position, offsets = [], [], [], [], [0]
         sample_ids: dict[int, str] = {}
         token_counts: dict[int, tuple[int, int]] = {}
         skipped: list[dict[str, str]] = []
         for k in range(self.n_shards):
             with safe_open(str(self.tokens_path(k)), framework="pt") as f:
                 meta = f.metadata()
+                if "is_content" not in f.keys():
+                    raise RuntimeError(f"key cache file {self.tokens_path(k)} has no content flags (written by an "
+                                       f"older keyspace); remove the entry (python -m experiments.cache remove "
+                                       f"{self.dir.name}) and rerun")
                 is_image.append(f.get_tensor("is_image"))
+                is_content.append(f.get_tensor("is_content"))
                 sample.append(f.get_tensor("sample"))
                 position.append(f.get_tensor("position"))
             sample_ids.update({int(n): s for n, s in json.loads(meta["sample_ids"]).items()})
@@ -179,7 +188,8 @@ class KeyStore:
         if not sample_ids:
             raise ValueError(f"every sample was skipped at extraction ({len(skipped)}): first reason: "
                              f"{skipped[0]['reason'] if skipped else 'none'}")
-        return TokenIndex(is_image=torch.cat(is_image), sample=torch.cat(sample), position=torch.cat(position),
+        return TokenIndex(is_image=torch.cat(is_image), is_content=torch.cat(is_content), sample=torch.cat(sample),
+                          position=torch.cat(position),
                           shard_offsets=np.array(offsets),
                           sample_ids=sample_ids, token_counts=token_counts, skipped=skipped)
 
@@ -249,7 +259,7 @@ class KeyStore:
         from safetensors.torch import load_file
 
         stored = load_file(str(self.tokens_path(shard)))
-        if any(not torch.equal(stored[name], tokens[name]) for name in ("sample", "position", "is_image")):
+        if any(name not in stored or not torch.equal(stored[name], tokens[name]) for name in tokens):
             raise RuntimeError(
                 f"key cache {self.dir}: the tokens extracted now for shard {shard} differ from the stored ones, so "
                 f"new layers cannot be added to this entry; remove it (python -m experiments.cache remove "

@@ -86,6 +86,8 @@ class AnalysisConfig:
     # which text tokens the text groups take: all (every non-image token) | content (the sample's own question,
     # hint and options; chat template, system prompt and special tokens left out)
     text_tokens: str = "all"
+    # samples (seeded choice) in the per-sample paired-distance table paired.parquet; 0 = no table
+    paired_samples: int = 200
 
 
 @dataclass

@@ -29,6 +29,7 @@ from experiments.config import JobConfig
 from experiments.keys.extract import extract_keys
 from experiments.keys.layers import LayerSpec, resolve_layers
 from experiments.metrics.kernels import kernel_class
+from experiments.metrics.paired import paired_distances, paired_test
 from experiments.metrics.splits import (
     check_metric_config,
     compare_modalities,
@@ -97,6 +98,11 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[s
         if embedding is None:
             embedding = fresh_embedding
             report.write_parquet(embedding, out / "embedding.parquet", {"stamp": stamp})
+    if job.analysis.paired_samples and _reuse(out / "paired.parquet", stamp) is None:
+        tick = time.time()
+        paired, tests = _paired(job, store, index, layers)
+        report.write_parquet(paired, out / "paired.parquet", {"stamp": stamp, "wilcoxon_p": tests})
+        seconds["paired"] = time.time() - tick
     tick = time.time()
     title = f"{job.model.name} on {job.benchmark.name} ({job.keys.site} keys)"
     figures = [out / "figures" / "boxplot.png", out / "figures" / "tsne.png"]
@@ -238,6 +244,46 @@ def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[La
              seconds["statistics"], seconds["embedding"])
     return (pd.DataFrame(rows, columns=list(RESULT_COLUMNS)),
             pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), sinks)
+
+
+def _paired(job: JobConfig, store: KeyStore, index: TokenIndex,
+            layers: list[LayerSpec]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Own vs other-sample image-text distances (`metrics.paired`) of up to `analysis.paired_samples` samples.
+
+    Each layer is read `keys.shard_size` samples at a time and reduced to per-sample means, so memory stays
+    bounded; text tokens follow `analysis.text_tokens`. Returns the table and the Wilcoxon p per layer label.
+    """
+    sample, is_image = index.sample.numpy(), index.is_image.numpy()
+    usable = np.ones_like(is_image) if job.analysis.text_tokens == "all" else is_image | index.is_content.numpy()
+    numbers = np.unique(sample)
+    rng = np.random.default_rng(job.analysis.seed)
+    chosen = np.sort(rng.choice(numbers, min(len(numbers), job.analysis.paired_samples), replace=False))
+    chunks = np.array_split(chosen, -(-len(chosen) // job.keys.shard_size))
+    frames, tests = [], {}
+    for spec in tqdm(layers, desc="paired distances", unit="layer"):
+        means: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+        for chunk in chunks:
+            rows = np.flatnonzero(np.isin(sample, chunk) & usable)
+            keys = store.read(spec.index, rows, index).double()  # [rows, dim]
+            owner = torch.from_numpy(np.searchsorted(chunk, sample[rows]))
+            for modality in (True, False):
+                pick = torch.from_numpy(is_image[rows] == modality)
+                sums = torch.zeros(len(chunk), keys.shape[1], dtype=torch.float64)
+                sums.index_add_(0, owner[pick], keys[pick])
+                counts = torch.bincount(owner[pick], minlength=len(chunk)).double()
+                means[modality].append(sums / counts[:, None])  # NaN rows: a sample without that modality
+        image_means, text_means = torch.cat(means[True]), torch.cat(means[False])
+        complete = ~(image_means.isnan().any(dim=1) | text_means.isnan().any(dim=1))
+        own, other = paired_distances(image_means[complete], text_means[complete])
+        tests[spec.label] = paired_test(own, other)
+        log.info("layer %s: image-text distance inside a sample %.4g vs to other samples %.4g (medians over %d "
+                 "samples), Wilcoxon p %.3g", spec.label, np.median(own), np.median(other), len(own),
+                 tests[spec.label])
+        frames.append(pd.DataFrame({"model": job.model.name, "benchmark": job.benchmark.name, "layer": spec.label,
+                                    "layer_index": spec.index, "key_site": job.keys.site,
+                                    "sample_id": [index.sample_ids[int(n)] for n in chosen[complete.numpy()]],
+                                    "own_distance": own, "other_distance": other}))
+    return pd.concat(frames, ignore_index=True), tests
 
 
 def _write_status(out: Path, status: dict) -> None:

@@ -196,7 +196,7 @@ def test_analysis_reads_only_the_rows_it_uses(tmp_path, cache_dir, monkeypatch):
 
     monkeypatch.setattr(KeyStore, "read", counting_read)
     cfg = _cfg(cache_dir, ["logger=none", "metric=mmd", "benchmark.limit=24", "analysis.max_tokens_per_group=40",
-                           "analysis.n_splits=2", "report.tsne_points=30"])
+                           "analysis.n_splits=2", "report.tsne_points=30", "analysis.paired_samples=0"])
     run(cfg, tmp_path)
     assert [layer for layer, _, _ in reads] == [0, 2, 3]  # one read per layer
     for _, n_rows, n_tokens in reads:
@@ -242,3 +242,27 @@ def test_text_tokens_content_leaves_the_template_out(tmp_path, cache_dir):
     assert 0 < int(own.sum()) < int(text.sum()) and not (own & index.is_image).any()
     half_share = everything.loc["text_vs_text", "n_x"] * int(own.sum()) / int(text.sum())
     assert content.loc["text_vs_text", "n_x"] == pytest.approx(half_share, rel=0.25)  # about the content share
+
+
+def test_paired_table_equals_an_oracle_from_the_cache_files(tmp_path, cache_dir):
+    """paired.parquet's own distance of a sample = ||mean image key - mean text key|| from the raw shard file."""
+    from safetensors.torch import load_file
+
+    from experiments.config import JobConfig
+    from experiments.store import KeyStore, cache_descriptor
+
+    cfg = _cfg(cache_dir, ["logger=none", "metric=mmd", "analysis.n_splits=1", "layer=late",
+                           "analysis.paired_samples=5"])
+    run(cfg, tmp_path)
+    paired = pd.read_parquet(tmp_path / "paired.parquet")
+    assert len(paired) == 5 and (paired["layer"] == "late").all()
+    job: JobConfig = OmegaConf.to_object(cfg)
+    store = KeyStore(job.paths.cache_dir, cache_descriptor(job), 8)
+    row = paired.iloc[0]
+    number = int(row["sample_id"].split("-")[1])
+    shard = number // job.keys.shard_size
+    tokens, keys = load_file(str(store.tokens_path(shard))), load_file(str(store.layer_path(shard, 3)))["keys"]
+    mine = tokens["sample"] == number
+    gap = keys[mine & tokens["is_image"]].double().mean(0) - keys[mine & ~tokens["is_image"]].double().mean(0)
+    assert row["own_distance"] == pytest.approx(float(gap.norm()), rel=1e-9)
+    assert set(read_metadata(tmp_path / "paired.parquet")["wilcoxon_p"]) == {"late"}

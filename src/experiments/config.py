@@ -86,6 +86,9 @@ class AnalysisConfig:
     # which text tokens the text groups take: all (every non-image token) | content (the sample's own question,
     # hint and options; chat template, system prompt and special tokens left out)
     text_tokens: str = "all"
+    # also compare text before the image block with text after it (comparison text_before_vs_text_after): a
+    # position-matched control, since RoPE / M-RoPE positions alone can separate keys
+    position_control: bool = False
     # samples (seeded choice) in the per-sample paired-distance table paired.parquet; 0 = no table
     paired_samples: int = 200
 

@@ -36,6 +36,7 @@ from experiments.metrics.splits import (
     plan_splits,
     rows_needed,
     sink_tokens,
+    text_sides,
 )
 from experiments.models import DTYPES, check_model_config, decoder_depth, load_model, resolve_device
 from experiments.report.schema import RESULT_COLUMNS
@@ -197,6 +198,7 @@ def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[La
     """
     is_image, sample = index.is_image.numpy(), index.sample.numpy()
     text_ok = None if job.analysis.text_tokens == "all" else is_image | index.is_content.numpy()
+    side = text_sides(is_image, sample, index.position.numpy()) if job.analysis.position_control else None
     pick = np.unique(np.linspace(0, len(layers) - 1, min(len(layers), job.report.tsne_max_layers)).round())
     embedded = {layers[int(i)].index for i in pick}
     device = resolve_device(job.analysis.device)
@@ -213,7 +215,7 @@ def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[La
                                   job.analysis.sink_norm_factor)
             sinks[spec.label] = int(flagged.sum())
             eligible = ~flagged if eligible is None else eligible & ~flagged
-        splits = plan_splits(is_image, sample, n_splits=job.analysis.n_splits, eligible=eligible,
+        splits = plan_splits(is_image, sample, n_splits=job.analysis.n_splits, eligible=eligible, text_side=side,
                              max_tokens_per_group=job.analysis.max_tokens_per_group, seed=job.analysis.seed)
         stat_rows = rows_needed(splits) if statistics else empty
         embed_rows = (report.embedding_rows(is_image, n_points=job.report.tsne_points, seed=job.report.seed,

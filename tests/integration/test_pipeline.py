@@ -266,3 +266,16 @@ def test_paired_table_equals_an_oracle_from_the_cache_files(tmp_path, cache_dir)
     gap = keys[mine & tokens["is_image"]].double().mean(0) - keys[mine & ~tokens["is_image"]].double().mean(0)
     assert row["own_distance"] == pytest.approx(float(gap.norm()), rel=1e-9)
     assert set(read_metadata(tmp_path / "paired.parquet")["wilcoxon_p"]) == {"late"}
+
+
+def test_position_control_adds_rows_without_changing_the_others(tmp_path, cache_dir):
+    """tiny_qwen has text before its image (system prompt) and after it (question): both groups form."""
+    base = ["model=tiny_qwen", "logger=none", "metric=mmd", "analysis.n_splits=1", "layer=late"]
+    run(_cfg(cache_dir, base), tmp_path / "plain")
+    run(_cfg(cache_dir, [*base, "analysis.position_control=true"]), tmp_path / "control")
+    plain = pd.read_parquet(tmp_path / "plain" / "results.parquet")
+    control = pd.read_parquet(tmp_path / "control" / "results.parquet")
+    extra = control[control["comparison"] == "text_before_vs_text_after"]
+    assert len(extra) == 1 and extra["value"].notna().all() and extra["n_x"].gt(0).all()
+    pd.testing.assert_frame_equal(control[control["comparison"] != "text_before_vs_text_after"]
+                                  .reset_index(drop=True), plain)

@@ -103,3 +103,34 @@ def test_no_group_takes_an_ineligible_token():
     everything = rows_needed(plan_splits(is_image.numpy(), sample.numpy(), n_splits=3, max_tokens_per_group=1000,
                                          seed=0))
     assert set(everything) - set(used) == set(np.flatnonzero(~eligible))  # only the sinks are left out
+
+
+def test_text_sides_split_text_at_the_image_block():
+    from experiments.metrics.splits import text_sides
+
+    is_image = np.array([0, 0, 1, 1, 0, 0, 1, 0], dtype=bool)  # sample 0: 6 tokens, sample 1: 2 tokens
+    sample = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    position = np.array([0, 1, 2, 3, 4, 5, 0, 1])
+    assert text_sides(is_image, sample, position).tolist() == [-1, -1, 0, 0, 1, 1, 0, 1]
+
+
+def test_position_control_adds_its_groups_and_leaves_the_others_alone():
+    from experiments.metrics.splits import text_sides
+
+    keys, is_image, sample = _planted(n_samples=10, tokens=24)
+    position = np.tile(np.arange(24), 10)
+    is_image_np = is_image.numpy() & False
+    is_image_np[(position >= 8) & (position < 16)] = True  # image block in the middle of every sample
+    side = text_sides(is_image_np, sample.numpy(), position)
+    options = dict(n_splits=2, max_tokens_per_group=50, seed=3)
+    plain = plan_splits(is_image_np, sample.numpy(), **options)
+    control = plan_splits(is_image_np, sample.numpy(), text_side=side, **options)
+    for a, b in zip(plain, control, strict=True):
+        assert all(np.array_equal(a.groups[k], b.groups[k]) for k in a.groups)
+        assert (position[b.groups["A", "before"]] < 8).all() and (position[b.groups["B", "after"]] >= 16).all()
+    needed = rows_needed(control)
+    rows = compare_modalities(keys[torch.from_numpy(needed)], needed, sample.numpy(), control, seed=0,
+                              metric=MetricConfig(names=["mmd2"], n_permutations=0, n_bootstrap=0),
+                              kernel=KernelConfig(), device="cpu")
+    assert {r["comparison"] for r in rows} == {"image_vs_text", "image_vs_image", "text_vs_text",
+                                               "text_before_vs_text_after"}

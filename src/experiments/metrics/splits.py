@@ -35,10 +35,13 @@ from experiments.metrics.jsd import ESTIMATORS, parse_bins
 from experiments.metrics.mmd_agg import check_collection, mmd_agg_test
 from experiments.metrics.permutations import TestResult
 
-COMPARISONS = {  # name -> (modality of the A side, modality of the B side); True = image
+COMPARISONS: dict[str, tuple[bool | str, bool | str]] = {  # name -> (group of side A, of side B); True = image
     "image_vs_text": (True, False),
     "image_vs_image": (True, True),
     "text_vs_text": (False, False),
+    # position-matched control (`plan_splits(text_side=...)`): text before the image block against text after
+    # it, both text, so what separates them is position (RoPE / M-RoPE) and role, not modality
+    "text_before_vs_text_after": ("before", "after"),
 }
 
 # metric name -> its options for `permutation_test`, from the metric and kernel config groups
@@ -94,7 +97,7 @@ def check_metric_config(metric: MetricConfig, kernel: KernelConfig) -> None:
 class Split:
     """One repeat: the token rows of each (half, modality) group, already capped (sorted global indices)."""
 
-    groups: dict[tuple[str, bool], np.ndarray]  # ("A" | "B", is_image) -> [group tokens]
+    groups: dict[tuple[str, bool | str], np.ndarray]  # ("A" | "B", is_image or "before" | "after") -> [tokens]
 
 
 def sink_tokens(position: np.ndarray, norms: np.ndarray, norm_factor: float) -> np.ndarray:
@@ -103,14 +106,25 @@ def sink_tokens(position: np.ndarray, norms: np.ndarray, norm_factor: float) -> 
     return (position == 0) | (norms > norm_factor * np.median(norms))
 
 
+def text_sides(is_image: np.ndarray, sample: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """[tokens] -1 for text before its sample's first image token, +1 for text after its last, 0 otherwise."""
+    first = np.full(sample.max() + 1, np.iinfo(np.int64).max)
+    last = np.full(sample.max() + 1, -1)
+    np.minimum.at(first, sample[is_image], position[is_image])
+    np.maximum.at(last, sample[is_image], position[is_image])
+    return np.where(~is_image & (position < first[sample]), -1, np.where(~is_image & (position > last[sample]), 1, 0))
+
+
 def plan_splits(is_image: np.ndarray, sample: np.ndarray, *, n_splits: int, max_tokens_per_group: int,
-                seed: int, eligible: np.ndarray | None = None) -> list[Split]:
+                seed: int, eligible: np.ndarray | None = None, text_side: np.ndarray | None = None) -> list[Split]:
     """Choose every token the comparisons will use, from the per-token metadata alone (no keys needed).
 
     Args:
         is_image: [tokens] True for image tokens.
         sample: [tokens] sample number of each token (the block id).
         eligible: [tokens] False for tokens no group may take (e.g. sinks); None: every token.
+        text_side: [tokens] from `text_sides`: also draw the "before" and "after" text groups of the
+            position-matched control (after the other groups, so those stay the same); None: no control.
 
     Raises:
         ValueError: fewer than 2 samples with keys.
@@ -123,12 +137,18 @@ def plan_splits(is_image: np.ndarray, sample: np.ndarray, *, n_splits: int, max_
     for split in range(n_splits):
         rng = np.random.default_rng([seed, split])
         order = rng.permutation(samples)
-        groups = {}
+        groups: dict[tuple[str, bool | str], np.ndarray] = {}
         for half, members in (("A", order[: len(order) // 2]), ("B", order[len(order) // 2:])):
             in_half = np.isin(sample, members) if eligible is None else np.isin(sample, members) & eligible
             for modality in (True, False):
                 idx = np.flatnonzero(in_half & (is_image == modality))
                 groups[half, modality] = _stratified_cap(idx, sample, max_tokens_per_group, rng)
+        if text_side is not None:
+            for half, members in (("A", order[: len(order) // 2]), ("B", order[len(order) // 2:])):
+                in_half = np.isin(sample, members) if eligible is None else np.isin(sample, members) & eligible
+                for side, value in (("before", -1), ("after", 1)):
+                    idx = np.flatnonzero(in_half & (text_side == value))
+                    groups[half, side] = _stratified_cap(idx, sample, max_tokens_per_group, rng)
         splits.append(Split(groups))
     return splits
 
@@ -155,7 +175,9 @@ def compare_modalities(keys: torch.Tensor, rows: np.ndarray, sample: np.ndarray,
     out = []
     for split, plan in enumerate(splits):
         for comparison, (mod_a, mod_b) in COMPARISONS.items():
-            ia, ib = plan.groups["A", mod_a], plan.groups["B", mod_b]
+            ia, ib = plan.groups.get(("A", mod_a)), plan.groups.get(("B", mod_b))
+            if ia is None or ib is None or min(len(np.unique(sample[ia])), len(np.unique(sample[ib]))) < 2:
+                continue  # a control this split cannot form (not asked for, or too few samples with such tokens)
             x, y = (keys[torch.from_numpy(np.searchsorted(rows, idx))] for idx in (ia, ib))
             gx, gy = torch.from_numpy(sample[ia]), torch.from_numpy(sample[ib])
             for name in metric.names:

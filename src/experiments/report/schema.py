@@ -15,7 +15,7 @@ RESULT_COLUMNS: dict[str, str] = {
     "layer": "layer label: position name (early, middle, late) or the index as text",
     "layer_index": "decoder-layer index, 0-based",
     "key_site": "post_rope | pre_rope",
-    "comparison": "image_vs_text | image_vs_image | text_vs_text",
+    "comparison": "image_vs_text | image_vs_image | text_vs_text | text_before_vs_text_after (position control)",
     "metric": "mmd2 | mmd_agg | jsd | energy | sliced_wasserstein | c2st_auc",
     "kernel": "the MMD kernel; for mmd_agg agg (the fused test) or kernel@scale (one component's MMD^2 and "
               "its own test, e.g. rbf@0.5); none for other metrics",

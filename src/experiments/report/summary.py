@@ -24,6 +24,8 @@ def summary_text(results: pd.DataFrame, header: str) -> str:
         intra = max(values.loc[["image_vs_image", "text_vs_text"], "mean"].abs().max(), 1e-12)
         line = f"layer {layer:>6} (#{index}) {metric:<5} " + "  ".join(cells)
         line += f"  cross/intra {values.loc['image_vs_text', 'mean'] / intra:,.1f}x"
+        if "text_before_vs_text_after" in values.index:  # the position-matched control, when asked for
+            line += f"  text before/after image {values.loc['text_before_vs_text_after', 'mean']:.4f}"
         p = results[(results["layer_index"] == index) & (results["metric"] == metric)
                     & (results["comparison"] == "image_vs_text")]["p_value"].dropna()
         if len(p):

@@ -197,7 +197,7 @@ def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[La
     are left out before any token is chosen; returns their count per layer label.
     """
     is_image, sample = index.is_image.numpy(), index.sample.numpy()
-    text_ok = None if job.analysis.text_tokens == "all" else is_image | index.is_content.numpy()
+    text_ok = _usable_tokens(job, index)
     side = text_sides(is_image, sample, index.position.numpy()) if job.analysis.position_control else None
     pick = np.unique(np.linspace(0, len(layers) - 1, min(len(layers), job.report.tsne_max_layers)).round())
     embedded = {layers[int(i)].index for i in pick}
@@ -248,6 +248,14 @@ def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[La
             pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), sinks)
 
 
+def _usable_tokens(job: JobConfig, index: TokenIndex) -> np.ndarray | None:
+    """[tokens] False for text tokens `analysis.text_tokens` leaves out (content: template, system, special);
+    None when every token may be used."""
+    if job.analysis.text_tokens == "all":
+        return None
+    return index.is_image.numpy() | index.is_content.numpy()
+
+
 def _paired(job: JobConfig, store: KeyStore, index: TokenIndex,
             layers: list[LayerSpec]) -> tuple[pd.DataFrame, dict[str, float]]:
     """Own vs other-sample image-text distances (`metrics.paired`) of up to `analysis.paired_samples` samples.
@@ -256,7 +264,7 @@ def _paired(job: JobConfig, store: KeyStore, index: TokenIndex,
     bounded; text tokens follow `analysis.text_tokens`. Returns the table and the Wilcoxon p per layer label.
     """
     sample, is_image = index.sample.numpy(), index.is_image.numpy()
-    usable = np.ones_like(is_image) if job.analysis.text_tokens == "all" else is_image | index.is_content.numpy()
+    usable = _usable_tokens(job, index)
     numbers = np.unique(sample)
     rng = np.random.default_rng(job.analysis.seed)
     chosen = np.sort(rng.choice(numbers, min(len(numbers), job.analysis.paired_samples), replace=False))
@@ -265,7 +273,7 @@ def _paired(job: JobConfig, store: KeyStore, index: TokenIndex,
     for spec in tqdm(layers, desc="paired distances", unit="layer"):
         means: dict[bool, list[torch.Tensor]] = {True: [], False: []}
         for chunk in chunks:
-            rows = np.flatnonzero(np.isin(sample, chunk) & usable)
+            rows = np.flatnonzero(np.isin(sample, chunk) if usable is None else np.isin(sample, chunk) & usable)
             keys = store.read(spec.index, rows, index).double()  # [rows, dim]
             owner = torch.from_numpy(np.searchsorted(chunk, sample[rows]))
             for modality in (True, False):

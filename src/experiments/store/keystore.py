@@ -173,10 +173,7 @@ class KeyStore:
         for k in range(self.n_shards):
             with safe_open(str(self.tokens_path(k)), framework="pt") as f:
                 meta = f.metadata()
-                if "is_content" not in f.keys():
-                    raise RuntimeError(f"key cache file {self.tokens_path(k)} has no content flags (written by an "
-                                       f"older keyspace); remove the entry (python -m experiments.cache remove "
-                                       f"{self.dir.name}) and rerun")
+                self._require(f, "is_content", "content flags", self.tokens_path(k))
                 is_image.append(f.get_tensor("is_image"))
                 is_content.append(f.get_tensor("is_content"))
                 sample.append(f.get_tensor("sample"))
@@ -225,10 +222,7 @@ class KeyStore:
         parts = []
         for k in range(self.n_shards):
             with safe_open(str(self.layer_path(k, layer)), framework="pt") as f:
-                if "norms" not in f.keys():
-                    raise RuntimeError(f"key cache file {self.layer_path(k, layer)} has no key norms (written by an "
-                                       f"older keyspace); remove the entry (python -m experiments.cache remove "
-                                       f"{self.dir.name}) and rerun")
+                self._require(f, "norms", "key norms", self.layer_path(k, layer))
                 parts.append(f.get_tensor("norms"))
         norms = torch.cat(parts).numpy()
         if len(norms) != index.shard_offsets[-1]:
@@ -254,6 +248,12 @@ class KeyStore:
 
     def layer_path(self, shard: int, layer: int) -> Path:
         return self.dir / f"shard-{shard:05d}.layer-{layer:03d}.safetensors"
+
+    def _require(self, opened: Any, name: str, what: str, path: Path) -> None:
+        """Raise if the open safetensors file lacks tensor `name` (`what` it holds): an older keyspace wrote it."""
+        if name not in opened.keys():
+            raise RuntimeError(f"key cache file {path} has no {what} (written by an older keyspace); remove the "
+                               f"entry (python -m experiments.cache remove {self.dir.name}) and rerun")
 
     def _check_same_tokens(self, shard: int, tokens: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import load_file

@@ -103,6 +103,10 @@ class MetricConfig:
     # ci_low/ci_high in the results (0 = no interval; c2st_auc and mmd_agg have none, NaN)
     n_bootstrap: int = 200
     ci_level: float = 0.95  # two-sided confidence level of that interval
+    # replicates per vectorized call of that bootstrap (and of BCa's jackknife, one replicate per sample): memory
+    # O(batch x tokens), so it stays flat however many samples the groups span; the interval does not depend on it
+    # beyond the order random draws are taken in
+    bootstrap_batch: int = 100
     # metrics that get that interval: mmd2 and energy have tested coverage; jsd and sliced_wasserstein also have
     # a weighted form, but their intervals can miss the estimate (estimator bias under resampling; see
     # metrics/bootstrap.py), so they are opt-in until that is fixed

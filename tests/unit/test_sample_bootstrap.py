@@ -243,3 +243,32 @@ def test_summary_csv_has_the_median_sample_interval():
 def test_job_summary_shows_the_mean_sample_interval():
     text = summary_text(_result_rows().drop(columns="job"), "header")
     assert "sample CI(image_vs_text) [0.8000, 1.2000]" in text
+
+
+def test_batch_bounds_the_replicates_per_call(monkeypatch):
+    """BCa's jackknife makes one replicate per sample: `batch` keeps every call to `batch` columns."""
+    from experiments.metrics import bootstrap
+
+    widths: list[int] = []
+    prepare = bootstrap.PREPARED["energy"]
+
+    def spy(z, **options):
+        fn = prepare(z, **options)
+
+        def columns(wx, wy):
+            widths.append(wx.shape[1])
+            return fn(wx, wy)
+        return columns
+
+    monkeypatch.setitem(bootstrap.PREPARED, "energy", spy)
+    x, y = _blocks(10, g=20)
+    g = np.repeat(np.arange(40), SIZE)
+    kwargs = {"groups_x": g[: len(x)], "groups_y": g[len(x):], "n_resamples": 30}
+    whole = sample_bootstrap_ci(x, y, "energy", **kwargs)
+    assert max(widths) >= 30  # unbatched: all replicates (and a side's 20 jackknife ones) in one call
+    widths.clear()
+    batched = sample_bootstrap_ci(x, y, "energy", batch=4, **kwargs)
+    assert max(widths) <= 4 and sum(widths) >= 30 + 40  # every bootstrap and jackknife replicate, 4 at a time
+    assert batched.method == whole.method == "BCa" and batched.low < batched.high
+    with pytest.raises(ValueError, match="batch"):
+        sample_bootstrap_ci(x, y, "energy", batch=0, **kwargs)

@@ -21,7 +21,7 @@ rows of layer 0).
 The interval is `scipy.stats.bootstrap` with data = (block numbers of A, block numbers of B), two
 independent samples, `vectorized=True` (the statistic turns a batch of resampled block numbers into
 weight columns and calls the weighted function once), `method="BCa"` (bias-corrected and accelerated,
-Efron 1987; its jackknife leaves out one sample at a time), seeded by a `numpy.random.Generator`. When
+Efron 1987; its jackknife leaves out one sample at a time), `batch` replicates per call, seeded by a `numpy.random.Generator`. When
 BCa is undefined (e.g. every replicate gives the same value, or the jackknife is degenerate) the
 percentile interval of the same replicates is used, and `method` says so. C2ST (refits a classifier
 per replicate) and `mmd_agg` (null-scaled soft maximum) have no weighted form: their interval is NaN.
@@ -91,6 +91,7 @@ def sample_bootstrap_ci(
     groups_y: Any,
     n_resamples: int,
     confidence_level: float = 0.95,
+    batch: int | None = None,
     seed: int = 0,
     device: Device = None,
     **options: Any,
@@ -105,6 +106,9 @@ def sample_bootstrap_ci(
         groups_y: Sample id of each row of y `[n_y]`, disjoint from `groups_x`.
         n_resamples: Number of replicates; 0 gives NaN (method `none`).
         confidence_level: Two-sided level in (0, 1).
+        batch: Replicates per call of the weighted function, bootstrap and jackknife alike (None: all at
+            once). Memory is O(batch x tokens); without it BCa's jackknife, one replicate per sample, makes
+            it grow with the number of samples up to the token caps.
         seed: Seed of the resampling (and of the metric's directions or median subsample).
         device: Compute device; None keeps the inputs' device (CPU for numpy).
         **options: The metric's options, as for `engine.permutation_test`.
@@ -119,6 +123,8 @@ def sample_bootstrap_ci(
         raise ValueError(f"n_resamples must be an int >= 0, got {n_resamples!r}")
     if not 0 < confidence_level < 1:
         raise ValueError(f"confidence_level must lie in (0, 1), got {confidence_level!r}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be None or an int >= 1, got {batch!r}")
     none = BootstrapCI(math.nan, math.nan, "none", n_resamples, confidence_level)
     if metric not in WEIGHTED_FUNCTIONS or n_resamples == 0:
         return none
@@ -151,7 +157,7 @@ def sample_bootstrap_ci(
     data = (np.arange(g_x), np.arange(g_y))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate BCa warns and returns nan: handled below
-        result = bootstrap(data, statistic, n_resamples=n_resamples, vectorized=True, paired=False,
+        result = bootstrap(data, statistic, n_resamples=n_resamples, vectorized=True, paired=False, batch=batch,
                            confidence_level=confidence_level, method="BCa", rng=np.random.default_rng(seed))
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if math.isfinite(low) and math.isfinite(high):

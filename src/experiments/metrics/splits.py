@@ -80,6 +80,8 @@ def check_metric_config(metric: MetricConfig, kernel: KernelConfig) -> None:
         raise ValueError(f"metric.n_bootstrap={metric.n_bootstrap!r}: use an int >= 0 (0 = no interval)")
     if not 0 < metric.ci_level < 1:
         raise ValueError(f"metric.ci_level={metric.ci_level!r}: use a level in (0, 1), e.g. 0.95")
+    if isinstance(metric.bootstrap_batch, bool) or metric.bootstrap_batch < 1:
+        raise ValueError(f"metric.bootstrap_batch={metric.bootstrap_batch!r}: use an int >= 1, e.g. 100")
     if unknown := [n for n in metric.bootstrap_metrics if n not in WEIGHTED_FUNCTIONS]:
         raise ValueError(f"metric.bootstrap_metrics contains {unknown}, which have no sample bootstrap; "
                          f"use some of {sorted(WEIGHTED_FUNCTIONS)}")
@@ -193,7 +195,8 @@ def compare_modalities(keys: torch.Tensor, rows: np.ndarray, sample: np.ndarray,
                                         groups_x=gx, groups_y=gy, device=device, **options)
                 replicates = metric.n_bootstrap if name in metric.bootstrap_metrics else 0
                 ci = sample_bootstrap_ci(x, y, name, groups_x=gx, groups_y=gy, n_resamples=replicates,
-                                         confidence_level=metric.ci_level, seed=seed + split, device=device,
+                                         confidence_level=metric.ci_level, batch=metric.bootstrap_batch,
+                                         seed=seed + split, device=device,
                                          **options)
                 out.append(common | {"kernel": kernel.name if name in KERNEL_METRICS else "none"}
                            | _test_columns(test) | {"ci_low": ci.low, "ci_high": ci.high})

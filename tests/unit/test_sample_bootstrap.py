@@ -17,6 +17,7 @@ from experiments.metrics.energy import energy_columns
 from experiments.metrics.inputs import block_index
 from experiments.metrics.jsd import jsd_columns
 from experiments.metrics.mmd import mmd2_columns
+from experiments.metrics.mmd_weighted import WeightedMMD2
 from experiments.metrics.permutations import split_masks
 from experiments.metrics.sliced import sliced_wasserstein_columns
 from experiments.report.summary import summary_text
@@ -250,7 +251,7 @@ def test_batch_bounds_the_replicates_per_call(monkeypatch):
     from experiments.metrics import bootstrap
 
     widths: list[int] = []
-    prepare = bootstrap.PREPARED["energy"]
+    prepare = bootstrap.PREPARED["energy"]  # wrapped below, so the jackknife runs as weight columns too
 
     def spy(z, **options):
         fn = prepare(z, **options)
@@ -272,3 +273,36 @@ def test_batch_bounds_the_replicates_per_call(monkeypatch):
     assert batched.method == whole.method == "BCa" and batched.low < batched.high
     with pytest.raises(ValueError, match="batch"):
         sample_bootstrap_ci(x, y, "energy", batch=0, **kwargs)
+
+
+@pytest.mark.parametrize(("metric", "options"), [("mmd2", {"bandwidth": 1.3, "unbiased": True}),
+                                                 ("mmd2", {"bandwidth": 0.7, "unbiased": False}),
+                                                 ("energy", {})])
+def test_leave_one_block_out_equals_the_metric_without_that_sample(metric, options):
+    """Closed-form jackknife values against the plain metric (`mmd2`, scipy-checked) on the data minus a sample."""
+    from experiments.metrics import mmd2
+
+    x, y = _blocks(11, g=5, d=4)
+    z = torch.from_numpy(np.concatenate([x, y]))
+    blocks = torch.arange(10).repeat_interleave(SIZE)
+    kernel = {"kernel": "energy", "unbiased": False} if metric == "energy" else {"kernel": "rbf", **options}
+    got = WeightedMMD2(z, blocks=blocks, **kernel).leave_one_block_out(len(x))
+    for b in range(10):
+        keep = (blocks != b).numpy()
+        expected = mmd2(x[keep[: len(x)]], y[keep[len(x):]], **kernel)
+        assert got[b] == pytest.approx(expected, rel=1e-5, abs=1e-7), b
+
+
+@pytest.mark.parametrize("metric", ["mmd2", "energy"])
+def test_closed_form_jackknife_gives_scipys_interval(metric, monkeypatch):
+    """The interval with the closed-form jackknife equals scipy's own (every left-out set as weight columns)."""
+    from experiments.metrics import bootstrap
+
+    x, y = _blocks(12, g=9)
+    g = np.repeat(np.arange(18), SIZE)
+    kwargs = {"groups_x": g[: len(x)], "groups_y": g[len(x):], "n_resamples": 60, "seed": 5}
+    fast = sample_bootstrap_ci(x, y, metric, **kwargs)
+    monkeypatch.setattr(bootstrap, "_left_out_block", lambda ids, n_blocks: None)
+    slow = sample_bootstrap_ci(x, y, metric, **kwargs)
+    assert fast.method == slow.method == "BCa"
+    assert (fast.low, fast.high) == pytest.approx((slow.low, slow.high), rel=1e-6)

@@ -20,8 +20,12 @@ rows of layer 0).
 
 The interval is `scipy.stats.bootstrap` with data = (block numbers of A, block numbers of B), two
 independent samples, `vectorized=True` (the statistic turns a batch of resampled block numbers into
-weight columns and calls the weighted function once), `method="BCa"` (bias-corrected and accelerated,
-Efron 1987; its jackknife leaves out one sample at a time), `batch` replicates per call, seeded by a `numpy.random.Generator`. When
+weight columns and calls the weighted function once), `batch` replicates per call, `method="BCa"`
+(bias-corrected and accelerated, Efron 1987), seeded by a `numpy.random.Generator`. BCa's jackknife
+calls the statistic once per sample with that sample left out: g - 1 increasing block numbers, a shape
+no bootstrap resample has (those keep g). For MMD² and energy those values come from the closed form
+`WeightedMMD2.leave_one_block_out`, computed once, so the interval costs about n_resamples kernel
+products whatever the number of samples; the other metrics evaluate them as weight columns. When
 BCa is undefined (e.g. every replicate gives the same value, or the jackknife is degenerate) the
 percentile interval of the same replicates is used, and `method` says so. C2ST (refits a classifier
 per replicate) and `mmd_agg` (null-scaled soft maximum) have no weighted form: their interval is NaN.
@@ -41,7 +45,7 @@ import torch
 from experiments.metrics.energy import energy_weighted, energy_weighted_columns
 from experiments.metrics.inputs import Array, Device, as_groups, as_pair, block_index
 from experiments.metrics.jsd import jsd_weighted, jsd_weighted_columns
-from experiments.metrics.mmd import mmd2_weighted, mmd2_weighted_columns
+from experiments.metrics.mmd_weighted import WeightedMMD2, mmd2_weighted_columns
 from experiments.metrics.sliced import sliced_wasserstein_weighted, sliced_wasserstein_weighted_columns
 
 WEIGHTED_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
@@ -52,7 +56,7 @@ WEIGHTED_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
 }
 # the same with z fixed: `prepare(z, **options)` computes what no replicate changes once, returns f(wx, wy)
 PREPARED: dict[str, Callable[..., Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
-    "mmd2": mmd2_weighted,
+    "mmd2": WeightedMMD2,
     "jsd": jsd_weighted,
     "energy": energy_weighted,
     "sliced_wasserstein": sliced_wasserstein_weighted,
@@ -142,9 +146,14 @@ def sample_bootstrap_ci(
              | ({"blocks": index} if metric in _NEEDS_BLOCKS else {}))
     fn = PREPARED[metric](z, **extra, **options)  # kernel matrix, bins or sorted projections: once
     block_x, block_y = index[:n_x], index[n_x:] - g_x
+    left_out = fn.leave_one_block_out(n_x) if isinstance(fn, WeightedMMD2) else None  # [g_x + g_y]
 
     def statistic(ids_a: np.ndarray, ids_b: np.ndarray, axis: int = -1) -> np.ndarray:
         lead = np.broadcast_shapes(ids_a.shape[:-1], ids_b.shape[:-1])
+        if left_out is not None:
+            for ids, g, first in ((ids_a, g_x, 0), (ids_b, g_y, g_x)):
+                if (block := _left_out_block(ids, g)) is not None:
+                    return np.broadcast_to(left_out[first + block], lead).copy()
         a = np.broadcast_to(ids_a, (*lead, ids_a.shape[-1])).reshape(-1, ids_a.shape[-1])
         b = np.broadcast_to(ids_b, (*lead, ids_b.shape[-1])).reshape(-1, ids_b.shape[-1])
         wx = torch.zeros(n_x + n_y, a.shape[0], dtype=torch.float32)
@@ -169,6 +178,16 @@ def sample_bootstrap_ci(
     alpha = (1 - confidence_level) / 2
     low, high = np.quantile(replicates, [alpha, 1 - alpha])
     return BootstrapCI(float(low), float(high), "percentile", n_resamples, confidence_level)
+
+
+def _left_out_block(ids: np.ndarray, n_blocks: int) -> np.ndarray | None:
+    """The block each row of a jackknife resample `[..., n_blocks - 1]` leaves out, or None if `ids` is not one.
+
+    A jackknife row holds every block number but one, increasing; a bootstrap row has n_blocks entries.
+    """
+    if ids.shape[-1] != n_blocks - 1 or not bool((np.diff(ids, axis=-1) > 0).all()):
+        return None
+    return n_blocks * (n_blocks - 1) // 2 - ids.sum(axis=-1)
 
 
 def _multiplicities(ids: np.ndarray, n_blocks: int) -> torch.Tensor:

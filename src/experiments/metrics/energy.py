@@ -6,17 +6,16 @@ within-sample terms over distinct pairs). This is the squared form: in 1-D it eq
 `scipy.stats.energy_distance(x, y) ** 2` (scipy returns the square root). It is MMD² with the
 `energy` kernel, computed by `mmd.mmd2`; `energy_columns` gives it for every split of a permutation
 test from the same pooled distance matrix (the column function of `engine.permutation_test`), and
-`energy_weighted_columns` of weighted rows (the sample bootstrap, `mmd.mmd2_weighted_columns`).
+`energy_weighted_columns` of weighted rows (the sample bootstrap, `mmd_weighted.mmd2_weighted_columns`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from experiments.metrics.inputs import Array, Device
-from experiments.metrics.mmd import mmd2, mmd2_columns, mmd2_weighted, mmd2_weighted_columns
+from experiments.metrics.mmd import mmd2, mmd2_columns
+from experiments.metrics.mmd_weighted import WeightedMMD2, mmd2_weighted_columns
 
 
 def energy_distance(x: Array, y: Array, unbiased: bool = False, device: Device = None) -> float:
@@ -71,8 +70,6 @@ def energy_weighted_columns(
     return mmd2_weighted_columns(z, wx, wy, kernel="energy", unbiased=unbiased, blocks=blocks)
 
 
-def energy_weighted(
-    z: torch.Tensor, *, unbiased: bool = False, blocks: torch.Tensor | None = None
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """`energy_weighted_columns` with z fixed (`mmd.mmd2_weighted`: the distance matrix computed once)."""
-    return mmd2_weighted(z, kernel="energy", unbiased=unbiased, blocks=blocks)
+def energy_weighted(z: torch.Tensor, *, unbiased: bool = False, blocks: torch.Tensor | None = None) -> WeightedMMD2:
+    """`energy_weighted_columns` with z fixed (`mmd_weighted.WeightedMMD2`: the distance matrix computed once)."""
+    return WeightedMMD2(z, kernel="energy", unbiased=unbiased, blocks=blocks)

@@ -16,8 +16,7 @@ each column's own n_x = 1ᵀs (block permutations change it); the observed split
 row sums. Permuted statistics within float32 round-off (1e-6 of the kernel's scale) of the observed
 one are returned equal to it, so p = (1 + #{permuted ≥ observed}) / (1 + B) counts them as ties.
 `mmd2_columns` is the column function of `engine.permutation_test`; `mmd_test` is the same test
-with the kernel's bandwidth in its result. `mmd2_weighted_columns` is the weighted form (non-negative
-weights per row and side, the sample bootstrap of `bootstrap.sample_bootstrap_ci`).
+with the kernel's bandwidth in its result. The weighted form (the sample bootstrap) is `mmd_weighted`.
 
 Compute: float32 on the inputs' device (or `device`), float64 for every sum over the matrix. The
 kernel matrix is computed once, in row blocks of at most `BLOCK_BYTES`, each used for all splits;
@@ -27,14 +26,13 @@ shift-invariant kernels see the pooled data centred first (better float32 accura
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from experiments.metrics.bandwidth import describe_rule, median_of_pairs, median_subsample
-from experiments.metrics.inputs import Array, Device, as_pair, check_weights
+from experiments.metrics.inputs import Array, Device, as_pair
 from experiments.metrics.kernels import Kernel, kernel_class
 from experiments.metrics.permutations import TestResult, null_summary, pooled_splits, split_masks
 
@@ -172,135 +170,6 @@ def mmd2_columns(
         ValueError: For an unknown kernel or a bad bandwidth.
     """
     return _mmd2_columns(z, masks, kernel, bandwidth, bandwidth_scale, seed, unbiased)[0]
-
-
-def mmd2_weighted_columns(
-    z: torch.Tensor,
-    wx: torch.Tensor,
-    wy: torch.Tensor,
-    *,
-    kernel: str = "rbf",
-    bandwidth: float | str = "median",
-    bandwidth_scale: float = 1.0,
-    unbiased: bool = True,
-    seed: int = 0,
-    blocks: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """MMD² of weighted empirical distributions of the pooled rows, one per column (sample bootstrap).
-
-    Column c puts weight a_i = wx[i, c] ≥ 0 on pooled row i for the x side and b_i = wy[i, c] for the y
-    side (a bootstrap replicate: each row weighted by how often its sample was drawn). Each row belongs
-    to a block (`blocks`, a sample; None: every row its own block) whose rows share one weight, the
-    block's multiplicity c_B. With n_x = Σ a, n_y = Σ b, g = diag K and S_B = Σ_{i,j∈B} K_ij, m_B = |B|,
-
-        within x = (aᵀKa - D_x) / (n_x² - P_x),   D_x = Σ_B (c_B² - c_B) S_B  [+ Σ_i a_i g_i if unbiased]
-                                                  P_x = Σ_B (c_B² - c_B) m_B² [+ n_x if unbiased]
-        MMD²     = within x + within y (same with b) - 2 aᵀKb / (n_x n_y)
-
-    Materialise the replicate (block B repeated c_B times): the within-sample means run over its pairs of
-    rows except those between two distinct copies of one block (pairs the data never had: a duplicated
-    sample would otherwise pair with its own copy, raising the share of within-sample pairs, and the
-    replicates would drift from the estimate by that alone; e.g. keys of one prompt template repeated
-    across samples), and the unbiased form also drops each row's pair with itself. So the biased form
-    keeps the original's share of i = j pairs, and a = s, b = 1 - s for a 0/1 split s gives
-    `mmd2_columns` (up to float32 round-off). σ comes from the pooled rows z as given (median heuristic
-    over z, not over a replicate), so every column shares one kernel.
-
-    Args:
-        z: Pooled sample `[N, d]`, float32.
-        wx: x-side weights `[N, C]`, non-negative.
-        wy: y-side weights `[N, C]`, non-negative; the unbiased form needs two distinct rows per side.
-        kernel: Kernel short name (`kernels.KERNELS`).
-        bandwidth: `"median"` (over the pooled z) or σ itself.
-        bandwidth_scale: Factor applied to σ.
-        unbiased: Unbiased (default) or biased (V-statistic) form.
-        seed: Seed of the median subsample when N > 4000.
-        blocks: Block of every pooled row `[N]` int64 in [0, G) (e.g. `inputs.block_index`), or None.
-
-    Returns:
-        `[C]` float64 on CPU.
-
-    Raises:
-        ValueError: For an unknown kernel, a bad bandwidth, bad `blocks`, or weights of the wrong shape,
-            negative, or not constant within a block.
-    """
-    return mmd2_weighted(z, kernel=kernel, bandwidth=bandwidth, bandwidth_scale=bandwidth_scale,
-                         unbiased=unbiased, seed=seed, blocks=blocks)(wx, wy)
-
-
-def mmd2_weighted(
-    z: torch.Tensor,
-    *,
-    kernel: str = "rbf",
-    bandwidth: float | str = "median",
-    bandwidth_scale: float = 1.0,
-    unbiased: bool = True,
-    seed: int = 0,
-    blocks: torch.Tensor | None = None,
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """`mmd2_weighted_columns` with z fixed: σ and the kernel matrix (when it fits one block) computed once.
-
-    Returns:
-        `f(wx [N, C], wy [N, C]) -> [C]` float64 on CPU, for any number of calls (the bootstrap's batches).
-
-    Raises:
-        ValueError: For an unknown kernel or a bad bandwidth (here), bad weights (when called).
-    """
-    kind = kernel_class(kernel)
-    z, raw, full, rows = _prepare(kind, z)
-    sigma = _resolve_sigma(z, raw, full, kind, bandwidth, bandwidth_scale, seed)
-    kern = kind(sigma)
-    if full is not None:
-        full = kern.transform_(full)
-
-    n = z.shape[0]
-    if blocks is not None:
-        blocks = blocks.to(device=z.device, dtype=torch.int64)
-        if blocks.shape != (n,):
-            raise ValueError(f"blocks must have shape [N={n}], got {tuple(blocks.shape)}")
-        n_blocks = int(blocks.max()) + 1
-        one_hot = torch.zeros(n, n_blocks, dtype=torch.float32, device=z.device)
-        one_hot[torch.arange(n, device=z.device), blocks] = 1.0
-        sizes = one_hot.sum(0, dtype=torch.float64)
-
-    def columns(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
-        w = check_weights(wx, wy, n).to(z.device)  # [N, 2C]
-        c, f64 = wx.shape[1], torch.float64
-        rhs = w if blocks is None else torch.cat([w, one_hot], dim=1)
-        quad = torch.zeros(2 * c, dtype=f64, device=z.device)  # aᵀKa, bᵀKb
-        cross = torch.zeros(c, dtype=f64, device=z.device)  # aᵀKb
-        diag = torch.zeros(n, dtype=f64, device=z.device)
-        within = torch.zeros(rhs.shape[1] - 2 * c, dtype=f64, device=z.device)  # Σ_{i,j ∈ block} K_ij
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
-            blk = full if full is not None else kern.transform_(_pairwise_rows(kind, z, start, stop))
-            kw = torch.mm(blk, rhs)  # [rows, 2C (+ G)]: float32 GEMM, float64 reductions
-            part = w[start:stop]
-            quad += (part * kw[:, : 2 * c]).sum(0, dtype=f64)
-            cross += (part[:, :c] * kw[:, c : 2 * c]).sum(0, dtype=f64)
-            if blocks is not None:
-                within += (one_hot[start:stop] * kw[:, 2 * c :]).sum(0, dtype=f64)
-            diag[start:stop] = blk.diagonal(offset=start)
-        wd = w.to(f64)
-        n_x, n_y = wd[:, :c].sum(0), wd[:, c:].sum(0)
-        if blocks is None:  # every row its own block
-            unit_sums, unit_sizes, copies = diag, torch.ones_like(diag), wd
-        else:
-            unit_sums, unit_sizes = within, sizes
-            copies = (one_hot.to(f64).T @ wd) / sizes[:, None]  # [G, 2C]: each block's multiplicity
-            if not torch.allclose(copies[blocks], wd):
-                raise ValueError("with blocks, the weights must be constant within each block")
-        # pairs between two distinct copies of one block do not exist in the data: drop them (c² - c copies of
-        # each within-block pair); the unbiased form also drops each copy's pair with itself, the biased keeps it
-        extra = copies.square() - copies
-        dropped, count = unit_sums @ extra, unit_sizes.square() @ extra
-        if unbiased:
-            dropped, count = dropped + diag @ wd, count + wd.sum(0)
-        xx, yy = quad[:c], quad[c:]
-        xx_mean, yy_mean = (xx - dropped[:c]) / (n_x**2 - count[:c]), (yy - dropped[c:]) / (n_y**2 - count[c:])
-        return (xx_mean + yy_mean - 2 * cross / (n_x * n_y)).cpu()
-
-    return columns
 
 
 def _resolve_sigma(

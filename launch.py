@@ -16,8 +16,8 @@ def main(cfg: DictConfig) -> None:
     from experiments.pipeline import run
 
     hydra_cfg = HydraConfig.get()
-    group = hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None
-    run(cfg, hydra_cfg.runtime.output_dir, group=group)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    run(cfg, hydra_cfg.runtime.output_dir, group=hydra_cfg.sweep.dir if sweep else None)
 
 
 if __name__ == "__main__":

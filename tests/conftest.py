@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["tiny_llava", "tiny_qwen", "tiny_llava_next"]
+TINY = ["tiny_llava", "tiny_qwen", "tiny_llava_next", "tiny_qwen2_vl"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

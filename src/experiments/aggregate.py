@@ -23,6 +23,15 @@ a folder (e.g. a SLURM job that never started). It writes into `sweep_dir`:
     figure3_depth_profile.png/.pdf  per model x benchmark (x varying key_site / override) and metric, the
                             three comparisons' mean ± std over splits against layer_index; only when some
                             model x benchmark has 3 or more layer indices (e.g. `layer=every`), else skipped
+    figure4_attention_heatmaps.png/.pdf, figure5_attention_mmd_vs_share.png/.pdf  per model, layer x head
+                            image attention share and per-head MMD², and MMD² against share with Spearman's
+                            rho; only when some job ran `analysis.attention=true` (summary.csv then has a
+                            `head` column: the attention rows are summarised per head, the others read `all`)
+    figure6_remedy.png/.pdf  intervention sweeps (`intervention=...`, `experiment=remedy`): per model x
+                            benchmark, the change in option-likelihood accuracy and in image attention share
+                            against intervention.strength, one line per intervention, paired bootstrap
+                            intervals over samples (`report.remedy_figures`); summary.csv groups on the
+                            `condition` and `strength` columns
 
 The report is printed and written even when no job completed (then `aggregate` raises). Command line:
 `python -m experiments.aggregate <sweep dir>`; the Hydra callback in `callbacks.py` calls the same function
@@ -42,12 +51,17 @@ from typing import cast
 import numpy as np
 import pandas as pd
 
-from experiments.report.schema import RESULT_COLUMNS
+from experiments.report.schema import COLUMN_DEFAULTS, RESULT_COLUMNS
 
 log = logging.getLogger(__name__)
 
 GROUP_COLUMNS = ["model", "benchmark", "layer", "layer_index", "key_site", "comparison", "metric", "kernel"]
+OPTIONAL_GROUP_COLUMNS = ["head", "condition", "strength"]  # grouped on when the results have them (attention
+# rows per head; intervention rows per intervention and strength)
 N_BOOTSTRAP = 2000
+# overrides that results columns record (condition, strength): not added as columns of their own, so the rows that
+# every job of an intervention sweep repeats (the key-distance analysis) count once
+RECORDED_OVERRIDES = {"intervention", "intervention.name", "intervention.strength"}
 CI_LEVEL = 0.95
 
 
@@ -93,10 +107,16 @@ def aggregate(sweep_dir: str | Path, seed: int = 0) -> Path:
         raise RuntimeError(f"no completed job in {sweep} (see {sweep / 'aggregate_report.txt'})")
 
     from experiments.report import sweep_figures
+    from experiments.report.attention_figures import has_attention
     from experiments.report.figures import MIN_PROFILE_LAYERS
+    from experiments.report.remedy_figures import has_interventions, remedy_figure
 
     varying = _varying_overrides(completed)
     results = pd.concat([_tagged(job, varying) for job in completed], ignore_index=True)
+    for column, default in COLUMN_DEFAULTS.items():  # jobs written before a column was added read its default
+        if column in results:
+            results[column] = (results[column].astype(float) if isinstance(default, float)
+                               else results[column].astype(object)).fillna(default)
     summary = summarize(results, seed=seed)
     summary_path = sweep / "summary.csv"
     summary.to_csv(summary_path, index=False)
@@ -114,6 +134,10 @@ def aggregate(sweep_dir: str | Path, seed: int = 0) -> Path:
         log.info(note)
         report.append(note)
     written += profiles
+    if has_attention(results):
+        written += sweep_figures.attention_figures(results, sweep, title)
+    if has_interventions(results):
+        written += remedy_figure(results, sweep / "figure6_remedy", title)
     report += [f"summary: {summary_path} ({len(summary)} rows from {len(completed)} jobs)",
                "written: " + ", ".join(p.name for p in written)]
     _finish_report(sweep, report)
@@ -175,8 +199,8 @@ def summarize(results: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Mean, std (ddof 1), bootstrap CI of the mean and median p-value per group of result rows.
 
     Args:
-        results: Result rows of one or more jobs, with a `job` column; every other column that is not a
-            results column (a varying override) is grouped on too.
+        results: Result rows of one or more jobs, with a `job` column; `head` (when present) and every other
+            column that is not a results column (a varying override) are grouped on too.
         seed: Bootstrap seed; each group's generator is seeded by (seed, CRC32 of the group's key) and
             resamples the sorted values, so a group's interval depends neither on the other groups nor on
             the order in which the jobs were read.
@@ -189,7 +213,8 @@ def summarize(results: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     # identical rows are one measurement, counted once, so they do not narrow the interval.
     results = results.drop_duplicates(subset=[c for c in results.columns if c != "job"])
     known = set(RESULT_COLUMNS) | {"job"}
-    keys = GROUP_COLUMNS + [c for c in results.columns if c not in known]
+    keys = GROUP_COLUMNS + [c for c in OPTIONAL_GROUP_COLUMNS if c in results] + [c for c in results.columns
+                                                                               if c not in known]
     rows = []
     for key, part in results.groupby(keys, sort=True, dropna=False):
         values = np.sort(part["value"].to_numpy(dtype=np.float64))  # row order must not change the interval
@@ -219,7 +244,7 @@ def _varying_overrides(jobs: list[Job]) -> list[str]:
     `layer.*` overrides (e.g. a sweep `layer.positions=[0],[1],[2]`) are recorded by the layer and layer_index
     columns, so one layer per job still pools into one depth profile.
     """
-    known = set(GROUP_COLUMNS) | {"prompt_style"}
+    known = set(GROUP_COLUMNS) | {"prompt_style"} | RECORDED_OVERRIDES
     table = [dict(o.split("=", 1) for o in job.overrides if "=" in o) for job in jobs]
     keys = list(dict.fromkeys(k for row in table for k in row))
     return [k for k in keys if k not in known and not k.startswith("layer.")

@@ -1,8 +1,9 @@
 """One job, wired: samples -> keys (cached) -> statistics -> tables, figures, summary -> W&B.
 
 `run(cfg, output_dir)` is all `launch.py` calls. It converts the composed config to typed
-dataclasses once, validates every name before any model runs, and writes `status.json` whether the
-job succeeds or fails (then re-raises, so SLURM sees the failure).
+dataclasses once, checks every field against its declared valid values (`validation`) before the
+benchmark or the model loads, and writes `status.json` whether the job succeeds or fails (then
+re-raises, so SLURM sees the failure; a `ConfigError` is logged in one line, without a traceback).
 """
 
 from __future__ import annotations
@@ -24,24 +25,26 @@ from tqdm.auto import tqdm
 
 from experiments import report
 from experiments.atomic import atomic_write
+from experiments.attention import attention_results
 from experiments.benchmarks import load_samples
 from experiments.config import JobConfig
+from experiments.interventions import intervention_results
 from experiments.keys.extract import extract_keys
 from experiments.keys.layers import LayerSpec, resolve_layers
-from experiments.metrics.kernels import kernel_class
 from experiments.metrics.paired import paired_distances, paired_test
 from experiments.metrics.splits import (
-    check_metric_config,
     compare_modalities,
     plan_splits,
     rows_needed,
     sink_tokens,
     text_sides,
 )
-from experiments.models import DTYPES, check_model_config, decoder_depth, load_model, resolve_device
-from experiments.report.schema import RESULT_COLUMNS
+from experiments.models import decoder_depth, load_model, resolve_device
+from experiments.report.attention_figures import attention_figures, has_attention
+from experiments.report.schema import results_frame
 from experiments.store import KeyStore, TokenIndex, cache_descriptor, store_dtype
-from experiments.tracking import check_logger, log_run
+from experiments.tracking import log_run
+from experiments.validation import ConfigError, check
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,10 @@ def run(cfg: DictConfig, output_dir: str | Path, group: str | None = None) -> No
         resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))
         seconds = _run(job, out, resolved, group)
     except BaseException as error:
-        log.exception("job failed after %.1f s (output dir %s)", time.time() - started, out)
+        if isinstance(error, ConfigError):
+            log.error("configuration error: %s", error)
+        else:
+            log.exception("job failed after %.1f s (output dir %s)", time.time() - started, out)
         _write_status(out, {"status": "failed", "error": f"{type(error).__name__}: {error}",
                             "traceback": traceback.format_exc(), "seconds": time.time() - started})
         raise
@@ -65,9 +71,9 @@ def run(cfg: DictConfig, output_dir: str | Path, group: str | None = None) -> No
 
 def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[str, float]:
     """The job body; returns seconds per stage (written into status.json)."""
+    check(job)
     if job.num_threads:
         torch.set_num_threads(job.num_threads)
-    _validate(job)
     seconds: dict[str, float] = {}
     tick = time.time()
     data = load_samples(job.benchmark)
@@ -77,7 +83,7 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[s
              [(s.label, s.index) for s in layers], job.keys.site)
     seconds["samples"], tick = time.time() - tick, time.time()
     store = KeyStore(job.paths.cache_dir, cache_descriptor(job), len(samples))
-    _extract_missing(job, store, samples, [s.index for s in layers])
+    extract_missing(job, store, samples, [s.index for s in layers])
     index = store.index()
     seconds["extract"], tick = time.time() - tick, time.time()
 
@@ -93,6 +99,17 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[s
                                                          embedding is None, seconds)
         if results is None:
             results = fresh_results
+            if job.analysis.attention:  # queries beside keys, attention per layer x head (experiments.attention)
+                tick = time.time()
+                results = pd.concat([results, attention_results(job, samples, layers)], ignore_index=True)
+                seconds["attention"] = time.time() - tick
+            if job.intervention.name != "none":  # image keys changed in the forward (experiments.interventions)
+                tick = time.time()
+                rows, per_sample, statistics = intervention_results(job, samples, layers)
+                results = pd.concat([results, rows], ignore_index=True)
+                report.write_parquet(per_sample, out / "intervention.parquet", {"stamp": stamp})
+                atomic_write(out / "intervention_statistics.pt", lambda p: torch.save(statistics, p))
+                seconds["intervention"] = time.time() - tick
             report.write_parquet(results, out / "results.parquet", {
                 "stamp": stamp, "skipped_samples": skipped, "n_samples_used": n_used,
                 "cache_bytes_per_sample": cache_bytes, "sink_tokens_excluded": sinks, **tokens})
@@ -112,6 +129,8 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[s
     if results["layer_index"].nunique() >= report.MIN_PROFILE_LAYERS:
         figures.append(out / "figures" / "depth_profile.png")
         report.depth_profile_figure(results, figures[-1], title)
+    if has_attention(results):
+        figures += attention_figures(results, out / "figures", title)
     seconds["figures"] = time.time() - tick
 
     image, text = tokens["image_tokens_per_sample"], tokens["text_tokens_per_sample"]
@@ -134,6 +153,8 @@ def _analysis_stamp(job: JobConfig, layers: list[LayerSpec]) -> str:
     """Hash of everything the tables depend on: a rerun (requeue) reuses tables with the same stamp."""
     inputs = {"keys": cache_descriptor(job), "layers": [(s.label, s.index) for s in layers],
               **{name: asdict(getattr(job, name)) for name in ("analysis", "metric", "kernel", "report")}}
+    if job.intervention.name != "none":  # only then, so stamps of jobs without one stay as they were
+        inputs["intervention"] = asdict(job.intervention)
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -153,21 +174,12 @@ def _token_stats(index: TokenIndex) -> dict[str, dict[str, float]]:
             for name, column in (("image", counts[:, 0]), ("text", counts[:, 1]))}
 
 
-def _validate(job: JobConfig) -> None:
-    """Fail on bad names before loading anything (each error names the field and the valid values)."""
-    check_model_config(job.model)
-    kernel_class(job.kernel.name)
-    check_metric_config(job.metric, job.kernel)
-    check_logger(job.logger)
-    if job.analysis.text_tokens not in ("all", "content"):
-        raise ValueError(f"analysis.text_tokens={job.analysis.text_tokens!r}: use all or content")
-    if job.keys.store_dtype not in ("auto", *DTYPES):
-        raise ValueError(f"keys.store_dtype={job.keys.store_dtype!r}: use one of {['auto', *DTYPES]}")
+def extract_missing(job: JobConfig, store: KeyStore, samples: list, layers: list[int]) -> None:
+    """Extract (under the entry's lock) only the (shard, layer) files of `layers` that the cache lacks.
 
-
-def _extract_missing(job: JobConfig, store: KeyStore, samples: list, layers: list[int]) -> None:
-    """Extract (under the entry's lock) only the (shard, layer) files of `layers` that the cache lacks."""
-    with store.lock():
+    Public so that a notebook (`experiments.api.extract`) fills the same cache entry as a job would.
+    """
+    with store.lock(job.paths.cache_lock, job.paths.cache_lock_stale_s):
         store.remove_partial_files()
         missing = store.missing(layers)
         if not missing:
@@ -244,7 +256,7 @@ def _analyse(job: JobConfig, store: KeyStore, index: TokenIndex, layers: list[La
         del keys
     log.info("analysis of %d layers: read %.1f s, statistics %.1f s, t-SNE %.1f s", len(layers), seconds["read"],
              seconds["statistics"], seconds["embedding"])
-    return (pd.DataFrame(rows, columns=list(RESULT_COLUMNS)),
+    return (results_frame(rows),
             pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), sinks)
 
 

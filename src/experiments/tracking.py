@@ -19,11 +19,6 @@ log = logging.getLogger(__name__)
 LOGGERS = ("wandb", "none")
 
 
-def check_logger(cfg: LoggerConfig) -> None:
-    if cfg.name not in LOGGERS:
-        raise ValueError(f"logger.name={cfg.name!r} is not known; valid: {list(LOGGERS)} (logger=none disables)")
-
-
 def log_run(cfg: LoggerConfig, output_dir: Path, config: dict[str, Any], results: pd.DataFrame,
             figures: list[Path], name: str, group: str | None) -> None:
     """One W&B run: resolved config, mean value per metric/comparison/layer as summary, table, figures."""

@@ -39,7 +39,7 @@ def test_failed_job_is_reported_and_the_others_aggregated(tmp_path, cache_dir):
     assert done.stdout == report
     assert "2 job dirs of 2 expected: 1 completed, 1 failed, 0 incomplete, 0 missing" in report
     assert "FAILED job 1 (tiny_llava on synthetic" in report and "layer.positions=[99]" in report
-    assert "ValueError: layer.positions contains 99, but the model has 4 decoder layers" in report
+    assert "ConfigError: layer.positions contains 99, but the model has 4 decoder layers" in report
 
     summary = pd.read_csv(sweep / "summary.csv")
     results = pd.read_parquet(sweep / "0" / "results.parquet")

@@ -77,9 +77,9 @@ def test_early_exit_equals_full_forward(tiny, site):
     lm_head_calls = []
     handle = tiny.model.lm_head.register_forward_hook(lambda *a: lm_head_calls.append(1))
     try:
-        with KeyCapture(tiny.model, decoder, [0, 1], site, torch.float32) as cap:
+        with KeyCapture(tiny.model, tiny.adapter, [0, 1], site, torch.float32) as cap:
             early = dict(cap.run(**inputs))
-        with KeyCapture(tiny.model, decoder, list(range(depth)), site, torch.float32) as cap:
+        with KeyCapture(tiny.model, tiny.adapter, list(range(depth)), site, torch.float32) as cap:
             full = dict(cap.run(**inputs))
     finally:
         handle.remove()
@@ -170,7 +170,7 @@ def test_device_holds_only_the_requested_layers_keys(tiny, monkeypatch):
     monkeypatch.setattr(transformers, "DynamicCache", WatchedCache)
     samples = _samples(2)
     layers = [1, 3]
-    with KeyCapture(tiny.model, tiny.adapter.layers(tiny.model), layers, "post_rope", torch.float32) as capture:
+    with KeyCapture(tiny.model, tiny.adapter, layers, "post_rope", torch.float32) as capture:
         keys = capture.run(**tiny.adapter.model_inputs(tiny.processor, [s.decoded() for s in samples]))
     assert len(most) == 4 and max(most) == 1  # layers 0..3 ran, each alone in the cache
     assert sorted(keys) == [key_name(i, "post_rope") for i in layers]
@@ -184,7 +184,7 @@ def test_capture_uses_no_deprecated_transformers_argument(tiny, site):
     sample = _samples(1)[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        with KeyCapture(tiny.model, tiny.adapter.layers(tiny.model), [1], site, torch.float32) as capture:
+        with KeyCapture(tiny.model, tiny.adapter, [1], site, torch.float32) as capture:
             capture.run(**tiny.adapter.model_inputs(tiny.processor, [sample.decoded()]))
 
 

@@ -18,7 +18,9 @@ from PIL import Image
 
 from experiments.benchmarks import load_samples
 from experiments.benchmarks.sample import BenchmarkData, LazyImage, Sample
-from experiments.config import BenchmarkConfig
+from experiments.config import BenchmarkConfig, JobConfig
+from experiments.hub import HubError
+from experiments.validation import ConfigError, check
 
 from ..fixtures import mmbench_files as mb
 from ..fixtures.mmbench_files import CIRCULAR, CORRUPT, DANGLING, REFERENCE, TEST
@@ -136,19 +138,24 @@ def test_limit_is_a_seeded_selection_in_benchmark_order(mmmu_val):
     picks = [[s.id for s in load_samples(replace(MMMU, limit=7, seed=seed)).samples] for seed in (0, 0, 1)]
     assert picks[0] == picks[1] != picks[2] and len(picks[0]) == 7
     assert picks[0] == sorted(picks[0], key=order.index)
-    with pytest.raises(ValueError, match="benchmark.limit"):
-        load_samples(replace(MMMU, limit=0))
+    with pytest.raises(ConfigError, match="benchmark.limit=0: use an integer >= 1"):
+        _check(replace(MMMU, limit=0))
 
 
 @pytest.mark.parametrize(("cfg", "match"), [
-    (replace(MMMU, prompt_style="lmms"), r"mmmu.*vlmevalkit"),
-    (replace(MMMU, image_order="last"), "images_first"),
-    (replace(MMMU, subjects=["Acounting"]), "Accounting"),
-    (replace(MMB, path=str(REAL), prompt_style="qwen"), r"llava.*vlmevalkit"),
+    (replace(MMMU, prompt_style="lmms"), r"benchmark.prompt_style='lmms': use one of vlmevalkit, mmmu"),
+    (replace(MMMU, image_order="last"), "benchmark.image_order='last': use one of interleaved, images_first"),
+    (replace(MMMU, subjects=["Acounting"]), "benchmark.subjects=.*'Acounting' is not valid.*Accounting"),
+    (replace(MMB, path=str(REAL), prompt_style="qwen"), r"benchmark.prompt_style='qwen'.*vlmevalkit, llava"),
 ], ids=["mmmu-style", "mmmu-image-order", "mmmu-subject", "mmbench-style"])
 def test_unknown_choices_list_the_valid_ones(cfg, match):
-    with pytest.raises(ValueError, match=match):
-        load_samples(cfg)
+    with pytest.raises(ConfigError, match=match):
+        _check(cfg)
+
+
+def _check(benchmark: BenchmarkConfig) -> None:
+    """The schema check of the benchmark fields, as a job runs it before loading anything."""
+    check(benchmark, "benchmark.", JobConfig(benchmark=benchmark))
 
 
 def test_explicit_subject_without_shard_fails_clearly():
@@ -163,7 +170,7 @@ def test_offline_hub_id_gives_an_actionable_error(cfg, tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"benchmark\.path=") as info:
+    with pytest.raises(HubError, match=r"benchmark\.path=.*HF_HUB_OFFLINE is set") as info:
         load_samples(cfg)
     assert info.value.__cause__ is None and info.value.__suppress_context__
 

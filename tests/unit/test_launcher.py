@@ -127,7 +127,7 @@ def test_local_launcher(monkeypatch, tmp_path):
     assert executor.update_kwargs["timeout_min"] == 240 and executor.update_kwargs["name"] == "keyspace"
 
 
-PRESETS = {"paper": 4, "kernel_ablation": 6, "metric_ablation": 5, "smoke": 2}
+PRESETS = {"paper": 4, "kernel_ablation": 6, "metric_ablation": 5, "smoke": 2, "remedy": 64}
 
 
 def test_every_preset_is_listed():

@@ -103,10 +103,12 @@ def test_image_failing_full_decode_is_skipped_at_extraction_with_reason(tmp_path
 def test_synthetic_image_size_is_checked_where_the_digit_fits(size):
     """16 px passed the old check and then crashed while drawing; now it is refused, and 17 px draws."""
     from experiments.benchmarks.synthetic import synthetic_samples
+    from experiments.config import JobConfig
+    from experiments.validation import ConfigError, check
 
     cfg = BenchmarkConfig(name="synthetic", limit=8, image_size=size)
     if size == 16:
-        with pytest.raises(ValueError, match="benchmark.image_size=16: use at least 17"):
-            synthetic_samples(cfg)
+        with pytest.raises(ConfigError, match="benchmark.image_size=16: use an integer >= 17"):
+            check(cfg, "benchmark.", JobConfig(benchmark=cfg))
     else:
         assert all(s.decoded().images[0].size == (17, 17) for s in synthetic_samples(cfg).samples)

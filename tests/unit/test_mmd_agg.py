@@ -11,10 +11,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.config import KernelConfig, MetricConfig, register_configs
+from experiments.config import MetricConfig, register_configs
 from experiments.metrics import mmd2, mmd_agg_test, permutation_test
-from experiments.metrics.splits import check_metric_config, compare_modalities, plan_splits, rows_needed
+from experiments.metrics.splits import compare_modalities, plan_splits, rows_needed
 from experiments.report.summary import summary_text
+from experiments.validation import ConfigError, check
 
 from ..conftest import REPO
 
@@ -120,8 +121,8 @@ def test_bad_collection_is_refused(options: dict, match: str):
         permutation_test(np.zeros((4, 2)), np.ones((4, 2)), "mmd_agg", n_permutations=5, seed=0, **options)
     fields = {"kernels": "agg_kernels", "bandwidth_scales": "agg_bandwidth_scales", "temperature": "agg_temperature"}
     metric = MetricConfig(names=["mmd_agg"], **{fields[k]: v for k, v in options.items()})
-    with pytest.raises(ValueError, match=match):
-        check_metric_config(metric, KernelConfig())
+    with pytest.raises(ConfigError, match=f"metric.{fields[next(iter(options))]}="):
+        check(metric, "metric.")
 
 
 def test_composed_config_runs_through_compare_modalities():

@@ -64,7 +64,7 @@ def test_fewer_than_two_samples_is_refused():
 def test_unknown_metric_lists_the_valid_ones():
     keys, is_image, sample = _planted()
     splits = plan_splits(is_image.numpy(), sample.numpy(), n_splits=1, max_tokens_per_group=10, seed=0)
-    with pytest.raises(ValueError, match="valid metrics: .*mmd2"):
+    with pytest.raises(ValueError, match="metric.names=.*use one of mmd2"):
         compare_modalities(keys, np.arange(len(keys)), sample.numpy(), splits, seed=0,
                            metric=MetricConfig(names=["mmd"]), kernel=KernelConfig(), device="cpu")
 

@@ -11,30 +11,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from experiments.benchmarks.mmbench import mmbench_samples
-from experiments.benchmarks.mmmu import mmmu_samples
+from experiments.benchmarks import mmbench, mmmu
 from experiments.benchmarks.sample import BenchmarkData, Sample
 from experiments.benchmarks.synthetic import synthetic_samples
 from experiments.config import BenchmarkConfig
 
 LOADERS: dict[str, Callable[[BenchmarkConfig], BenchmarkData]] = {
     "synthetic": synthetic_samples,
-    "mmbench_cn": mmbench_samples,
-    "mmmu": mmmu_samples,
+    "mmbench_cn": mmbench.mmbench_samples,
+    "mmmu": mmmu.mmmu_samples,
 }
+# benchmark -> its `benchmark.prompt_style` choices (the config schema checks the field against this); synthetic
+# questions follow `benchmark.style`, laid out as VLMEvalKit's prompt
+PROMPT_STYLES: dict[str, tuple[str, ...]] = {"synthetic": ("vlmevalkit",), "mmbench_cn": tuple(mmbench.PROMPT_STYLES),
+                                             "mmmu": tuple(mmmu.PROMPT_STYLES)}
 
 
 def load_samples(cfg: BenchmarkConfig) -> BenchmarkData:
     """Samples of benchmark `cfg.name`, in the benchmark's own order, with the rows it skipped.
 
+    The fields were checked against their schema before (`validation`).
+
     Raises:
-        ValueError: unknown benchmark name (the message lists the valid names), or no usable sample.
+        ValueError: no usable sample.
     """
-    if cfg.name not in LOADERS:
-        raise ValueError(
-            f"benchmark.name={cfg.name!r} is not a known benchmark; valid names: {sorted(LOADERS)}. "
-            "Pick one with benchmark=<name> on the command line."
-        )
     data = LOADERS[cfg.name](cfg)
     if not data.samples:
         reasons = "; ".join(f"{s['sample_id']}: {s['reason']}" for s in data.skipped[:3])
@@ -43,4 +43,4 @@ def load_samples(cfg: BenchmarkConfig) -> BenchmarkData:
     return data
 
 
-__all__ = ["BenchmarkData", "Sample", "load_samples", "LOADERS"]
+__all__ = ["BenchmarkData", "Sample", "load_samples", "LOADERS", "PROMPT_STYLES"]

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 
 import pandas as pd
 
-from experiments.benchmarks.images import SkipRow, collect, image_from_cell, resolve_path
+from experiments.benchmarks.images import SkipRow, collect, image_from_cell, read_table, resolve_path, utf8
 from experiments.benchmarks.sample import BenchmarkData, LazyImage, Sample
 from experiments.config import BenchmarkConfig
 
@@ -76,12 +76,9 @@ def mmbench_samples(cfg: BenchmarkConfig) -> BenchmarkData:
     index, question_index (`index % 1e6`), category, l2_category, source, split.
 
     Raises:
-        ValueError: unknown `cfg.prompt_style` (lists the valid ones), no row of `cfg.split`, bad `cfg.limit`.
+        ValueError: no row of `cfg.split`.
         FileNotFoundError: `cfg.path` does not exist locally and cannot be fetched from the hub.
     """
-    if cfg.prompt_style not in PROMPT_STYLES:
-        raise ValueError(f"benchmark.prompt_style={cfg.prompt_style!r} is not an MMBench prompt style; "
-                         f"valid: {sorted(PROMPT_STYLES)}")
     style = PROMPT_STYLES[cfg.prompt_style]
     table, images = _read(cfg.path or HUB_ID, cfg.split)
     if cfg.drop_circular:
@@ -106,11 +103,9 @@ def _read(path: str, split: str) -> tuple[pd.DataFrame, dict[int, object]]:
         if not files:
             raise FileNotFoundError(f"{source} has no data/{split}-*.parquet (the lmms-lab/MMBench_CN layout); "
                                     "point benchmark.path at that folder, a .parquet file or a VLMEvalKit .tsv")
-        table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    elif source.suffix == ".tsv":
-        table = pd.read_csv(source, sep="\t", dtype=str)  # str: options such as "1" stay text
+        table = pd.concat([read_table(f) for f in files], ignore_index=True)
     else:
-        table = pd.read_parquet(source)
+        table = read_table(source)  # a TSV is read as text: options such as "1" stay text
     table = table.rename(columns={"L2-category": "l2-category"})
     table["index"] = table["index"].astype(int)
     images = dict(zip(table["index"], table["image"], strict=True))  # before the split filter: references
@@ -128,14 +123,15 @@ def _sample(row: Mapping[str, object], images: Mapping[int, object],
     image = _image(row["image"], images)
     if is_missing(row.get("question")):
         raise SkipRow("missing question")
-    hint = None if is_missing(row.get("hint")) else str(row["hint"])
-    options = {letter: str(row[letter]) for letter in OPTION_LETTERS if not is_missing(row.get(letter))}
+    hint = None if is_missing(row.get("hint")) else utf8(row["hint"], "hint")
+    options = {letter: utf8(row[letter], f"option {letter}") for letter in OPTION_LETTERS
+               if not is_missing(row.get(letter))}
     answer = row.get("answer")
     meta: dict[str, int | str | None] = {"index": index, "question_index": index % CIRCULAR_OFFSET}
     meta |= {key: None if is_missing(row.get(column)) else str(row[column])
              for key, column in (("category", "category"), ("l2_category", "l2-category"),
                                  ("source", "source"), ("split", "split"))}
-    return Sample(id=str(index), parts=(image, style(str(row["question"]), hint, options)),
+    return Sample(id=str(index), parts=(image, style(utf8(row["question"], "question"), hint, options)),
                   answer=None if is_missing(answer) else str(answer).strip(), meta=meta)
 
 

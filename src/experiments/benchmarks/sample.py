@@ -39,13 +39,20 @@ class LazyImage:
         """Encoded image bytes, kept as they are; only the header is read here, for the size.
 
         Raises:
-            SkipRow: PIL cannot identify the bytes as an image.
+            SkipRow: PIL cannot identify the bytes as an image, or the image has more pixels than PIL's
+                decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`), so decoding it could exhaust memory.
         """
         try:
             with Image.open(io.BytesIO(data)) as image:
                 size = image.size
+        except Image.DecompressionBombError as err:
+            raise SkipRow(f"decompression bomb ({err})") from None
         except Exception as err:  # PIL raises UnidentifiedImageError, SyntaxError, struct.error ... on bad headers
             raise SkipRow(f"corrupt image bytes ({type(err).__name__}: {err})") from None
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and size[0] * size[1] > limit:
+            raise SkipRow(f"decompression bomb: {size[0]} x {size[1]} = {size[0] * size[1]} pixels, over PIL's "
+                          f"limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS)")
         return cls(size, partial(_decode, data))
 
     def load(self) -> Image.Image:

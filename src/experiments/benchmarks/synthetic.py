@@ -39,24 +39,15 @@ HINTS = ("The image shows simple shapes on a plain background.", "图片中是�
 MMBENCH_TAIL = "Please select the correct answer from the options above. \n"
 MMMU_TAIL = "Answer with the option's letter from the given choices directly."
 STYLES = ("mmbench_cn", "mmmu", "mixed")
-MIN_IMAGE_SIZE = 17  # the digit (about 12 x 14 px) is placed at least 2 px from the top-left edges
 
 
 def synthetic_samples(cfg: BenchmarkConfig) -> BenchmarkData:
     """`cfg.limit` deterministic samples (see the module docstring).
 
-    Raises:
-        ValueError: unknown `cfg.style`, or a missing or non-positive `cfg.limit`, or a tiny `cfg.image_size`.
+    `cfg.limit` is a number (the config schema requires it for synthetic).
     """
-    if cfg.style not in STYLES:
-        raise ValueError(f"benchmark.style={cfg.style!r} is not one of {list(STYLES)}")
-    if cfg.limit is None or cfg.limit < 1:
-        raise ValueError(f"benchmark.limit={cfg.limit}: the synthetic benchmark needs a number of samples >= 1")
-    if cfg.image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"benchmark.image_size={cfg.image_size}: use at least {MIN_IMAGE_SIZE} pixels (room for the "
-                         "shapes and the digit)")
     samples = []
-    for i in range(cfg.limit):
+    for i in range(cfg.limit or 0):
         rng = np.random.default_rng([cfg.seed, i])
         chinese = cfg.style == "mmbench_cn" or (cfg.style == "mixed" and i % 2 == 0)
         samples.append(_sample(i, rng, cfg.image_size, chinese))

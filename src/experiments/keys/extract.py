@@ -4,6 +4,11 @@ For each sample: image tokens are the positions holding the config's image-token
 every other non-padding position. Padding never reaches the output. A per-modality cap per sample
 (seeded by the sample's number, so independent of batching) bounds what is stored.
 
+Samples that cannot give comparable keys are skipped with their reason, never cut or stored: an image that
+does not decode, no image token, a prompt longer than the model's context (`max_position_embeddings`; the
+processor never truncates, so no image token is silently lost), or keys holding NaN or Inf (e.g. a float16
+overflow).
+
 Speed without changing a number: samples are bucketed by size so batches carry little padding;
 preprocessing runs in `num_workers` DataLoader workers while the model runs; only the kept tokens
 leave the device, copied asynchronously into pinned host memory and collected one batch later, so
@@ -79,14 +84,16 @@ def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers:
                  num_workers: int = 0) -> tuple[list[SampleKeys], list[dict[str, str]]]:
     """Keys of `samples` ((number, sample) pairs) at `layers`; returns (kept, skipped), kept in number order.
 
-    A sample whose image fails to decode (in the loader workers), or whose images produced no image
-    tokens (nothing to compare), is skipped with a warning and listed in `skipped` as {"sample_id", "reason"}.
+    A sample whose image fails to decode (in the loader workers), whose images produced no image tokens
+    (nothing to compare), whose prompt is longer than the model's context, or whose keys are not finite is
+    skipped with a warning and listed in `skipped` as {"sample_id", "reason"}.
     """
     from torch.utils.data import DataLoader
 
     model, adapter = loaded.model, loaded.adapter
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     image_token = adapter.image_token_id(model)
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     batches = _buckets(samples, batch_size)
     loader: DataLoader[Any] = DataLoader(
         cast(Any, batches), batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
@@ -94,18 +101,28 @@ def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers:
     kept: list[SampleKeys] = []
     skipped: list[dict[str, str]] = []
     pending: _Staged | None = None
-    with KeyCapture(model, adapter.layers(model), layers, site, dtype=store_dtype) as capture:
+    with KeyCapture(model, adapter, layers, site, dtype=store_dtype) as capture:
         for batch, inputs, undecodable in tqdm(loader, desc="extract keys", unit="batch", leave=False):
             skipped += undecodable
             if not batch:
                 continue
             ids, real, content = inputs["input_ids"], inputs["attention_mask"].bool(), inputs.pop("is_content")
+            too_long = real.sum(dim=1) > context if context else torch.zeros(len(batch), dtype=torch.bool)
+            for row in too_long.nonzero().squeeze(1).tolist():
+                reason = (f"its prompt has {int(real[row].sum())} tokens ({int((ids[row] == image_token).sum())} "
+                          f"image tokens), more than the model's context of {context}; not cut, skipped")
+                log.warning("skipping sample %s: %s", batch[row][1].id, reason)
+                skipped.append({"sample_id": batch[row][1].id, "reason": reason})
+            if too_long.all():
+                continue
             inputs = inputs.to(device, non_blocking=True)
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
             captured = capture.run(**inputs)
             rows, flat_rows, flat_positions = [], [], []
             for row, (number, sample) in enumerate(batch):
+                if too_long[row]:
+                    continue
                 is_image = ids[row] == image_token
                 if not is_image.any():
                     reason = (f"its {len(sample.images)} image(s) produced no image tokens; check that the "
@@ -123,11 +140,26 @@ def extract_keys(loaded: LoadedModel, samples: list[tuple[int, Sample]], layers:
                 flat_positions.append(where)
             staged = _stage(captured, layers, site, rows, flat_rows, flat_positions, device)
             if pending is not None:
-                kept += pending.finish()
+                kept += _finite(pending.finish(), skipped)
             pending = staged
     if pending is not None:
-        kept += pending.finish()
+        kept += _finite(pending.finish(), skipped)
     return sorted(kept, key=lambda r: r.number), skipped
+
+
+def _finite(records: list[SampleKeys], skipped: list[dict[str, str]]) -> list[SampleKeys]:
+    """The records whose keys are all finite; the others are added to `skipped` (NaN / Inf never reach the cache)."""
+    good = []
+    for record in records:
+        bad = [layer for layer, keys in record.keys.items() if not bool(torch.isfinite(keys).all())]
+        if not bad:
+            good.append(record)
+            continue
+        reason = (f"its keys at layer(s) {bad} hold NaN or Inf (a float16 overflow? use model.dtype=bfloat16 or "
+                  f"float32 and keys.store_dtype=float32)")
+        log.warning("skipping sample %s: %s", record.sample_id, reason)
+        skipped.append({"sample_id": record.sample_id, "reason": reason})
+    return good
 
 
 def _prepare(adapter: Any, processor: Any, batch: list[tuple[int, Sample]]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from experiments.validation import ConfigError
+
 EVERY = "every"  # the position that expands to every decoder layer
 
 
@@ -34,7 +36,7 @@ def resolve_layers(positions: list[str], fractions: dict[str, float], depth: int
         One spec per resolved layer, in the order of `positions`.
 
     Raises:
-        ValueError: an unknown position name, an index outside [-depth, depth), or positions that resolve
+        ConfigError: an unknown position name, an index outside [-depth, depth), or positions that resolve
             to the same layer twice (e.g. `[every, late]`); the message names `layer.positions`.
     """
     names = [EVERY, *sorted(fractions)]
@@ -44,7 +46,7 @@ def resolve_layers(positions: list[str], fractions: dict[str, float], depth: int
         if text.lstrip("-").isdigit():
             index = int(text)
             if not -depth <= index < depth:
-                raise ValueError(
+                raise ConfigError(
                     f"layer.positions contains {index}, but the model has {depth} decoder layers: "
                     f"use an index in [0, {depth - 1}] (or -{depth}..-1 from the end), or one of {names}")
             specs.append(LayerSpec(label=text, index=index % depth))
@@ -53,8 +55,8 @@ def resolve_layers(positions: list[str], fractions: dict[str, float], depth: int
         elif text in fractions:
             specs.append(LayerSpec(label=text, index=math.floor(fractions[text] * (depth - 1) + 0.5)))
         else:
-            raise ValueError(f"layer.positions contains {text!r}: use a layer index or one of {names}")
+            raise ConfigError(f"layer.positions contains {text!r}: use a layer index or one of {names}")
     if len({s.index for s in specs}) != len(specs):
-        raise ValueError(f"layer.positions {positions} resolve to repeated layers {[s.index for s in specs]} "
+        raise ConfigError(f"layer.positions {positions} resolve to repeated layers {[s.index for s in specs]} "
                          f"in a {depth}-layer decoder: list each layer once")
     return specs

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 
 from experiments.config import KernelConfig, MetricConfig
-from experiments.metrics.bootstrap import WEIGHTED_FUNCTIONS, sample_bootstrap_ci
+from experiments.metrics.bootstrap import sample_bootstrap_ci
 from experiments.metrics.engine import permutation_test
-from experiments.metrics.jsd import ESTIMATORS, parse_bins
-from experiments.metrics.mmd_agg import check_collection, mmd_agg_test
+from experiments.metrics.jsd import parse_bins
+from experiments.metrics.mmd_agg import mmd_agg_test
 from experiments.metrics.permutations import TestResult
+from experiments.validation import check
 
 COMPARISONS: dict[str, tuple[bool | str, bool | str]] = {  # name -> (group of side A, of side B); True = image
     "image_vs_text": (True, False),
@@ -62,37 +63,8 @@ AGG_KERNEL = "agg"  # kernel of the fused mmd_agg row; its breakdown rows carry 
 
 
 def parse_bandwidth(bandwidth: str) -> str | float:
-    """`"median"` stays a rule; anything else must be a number (sigma itself)."""
-    if bandwidth == "median":
-        return bandwidth
-    try:
-        return float(bandwidth)
-    except ValueError:
-        raise ValueError(f"kernel.bandwidth={bandwidth!r}: use 'median' or a positive number") from None
-
-
-def check_metric_config(metric: MetricConfig, kernel: KernelConfig) -> None:
-    """Fail on unknown metric names and unparsable options before anything runs."""
-    unknown = [n for n in metric.names if n not in OPTIONS]
-    if unknown:
-        raise ValueError(f"metric.names contains unknown {unknown}; valid metrics: {sorted(OPTIONS)}")
-    if isinstance(metric.n_bootstrap, bool) or metric.n_bootstrap < 0:
-        raise ValueError(f"metric.n_bootstrap={metric.n_bootstrap!r}: use an int >= 0 (0 = no interval)")
-    if not 0 < metric.ci_level < 1:
-        raise ValueError(f"metric.ci_level={metric.ci_level!r}: use a level in (0, 1), e.g. 0.95")
-    if isinstance(metric.bootstrap_batch, bool) or metric.bootstrap_batch < 1:
-        raise ValueError(f"metric.bootstrap_batch={metric.bootstrap_batch!r}: use an int >= 1, e.g. 100")
-    if unknown := [n for n in metric.bootstrap_metrics if n not in WEIGHTED_FUNCTIONS]:
-        raise ValueError(f"metric.bootstrap_metrics contains {unknown}, which have no sample bootstrap; "
-                         f"use some of {sorted(WEIGHTED_FUNCTIONS)}")
-    if metric.jsd_estimator not in ESTIMATORS:
-        raise ValueError(f"metric.jsd_estimator={metric.jsd_estimator!r}: use one of {list(ESTIMATORS)}")
-    for options in OPTIONS.values():
-        options(metric, kernel)  # parses kernel.bandwidth and metric.jsd_bins
-    try:
-        check_collection(metric.agg_kernels, metric.agg_bandwidth_scales, metric.agg_temperature)
-    except ValueError as error:
-        raise ValueError(f"metric.agg_*: {error}") from None
+    """`"median"` stays a rule; anything else is a number, sigma itself (the schema checked it is positive)."""
+    return bandwidth if bandwidth == "median" else float(bandwidth)
 
 
 @dataclass(frozen=True)
@@ -171,9 +143,10 @@ def compare_modalities(keys: torch.Tensor, rows: np.ndarray, sample: np.ndarray,
         splits: the groups of each repeat, from `plan_splits`.
 
     Raises:
-        ValueError: an unknown metric name.
+        ConfigError: a metric or kernel field outside its declared valid values (`validation`).
     """
-    check_metric_config(metric, kernel)
+    check(metric, "metric.")
+    check(kernel, "kernel.")
     out = []
     for split, plan in enumerate(splits):
         for comparison, (mod_a, mod_b) in COMPARISONS.items():

@@ -1,31 +1,38 @@
 """Model registry and loading: `load_model(cfg)` gives the model, its processor and its adapter.
 
-Families resolve by the short name in `model.family`; an unknown name lists the valid ones.
-`model.weights=pretrained` loads a hub id or a local folder; a checkpoint that cannot be reached
-(offline, not downloaded) raises `ModelUnavailableError` saying how to point `model.path` at a local
-copy or use random weights. `model.weights=random` builds `model.architecture` (see `random_init`).
+Families resolve by the short name in `model.family` through `ADAPTERS`, which `register_adapter` fills:
+the built-in families below, every `ModelAdapter` that an installed package advertises under the entry-point
+group `keyspace.adapters` (so `python launch.py model.family=<theirs>` works with no change here), and any
+family that other code (a notebook, a test) registers before the job runs. An unknown name lists the valid ones.
+`model.weights=pretrained` loads a hub id (at `model.revision`) or a local folder; a checkpoint that cannot
+be fetched (gated, private, missing repository, revision or file, offline and not cached) raises
+`ModelUnavailableError`, one line saying what to do: log in, fix the id or revision, point `model.path` at a
+local copy or use random weights. `model.weights=random` builds `model.architecture` (see `random_init`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from experiments.config import ModelConfig
+from experiments.hub import HubError, hub_problem
 from experiments.models.adapter import ModelAdapter
 from experiments.models.llava import LLAVA
 from experiments.models.llava_next import LLAVA_NEXT
 from experiments.models.qwen2_5_vl import QWEN2_5_VL
+from experiments.models.qwen2_vl import QWEN2_VL
 
 log = logging.getLogger(__name__)
 
-ADAPTERS: dict[str, ModelAdapter] = {a.family: a for a in (LLAVA, LLAVA_NEXT, QWEN2_5_VL)}
+ADAPTERS: dict[str, ModelAdapter] = {}  # model.family -> adapter; filled by register_adapter only
 DTYPES = ("float32", "bfloat16", "float16")
-WEIGHTS = ("pretrained", "random")
+WEIGHTS = ("pretrained", "random")  # model.weights: load model.path | build model.architecture
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(HubError):
     """A pretrained checkpoint could not be loaded from `model.path` (offline, missing, no access)."""
 
 
@@ -36,24 +43,44 @@ class LoadedModel:
     adapter: ModelAdapter
 
 
+def register_adapter(adapter: ModelAdapter, replace: bool = False) -> ModelAdapter:
+    """Make `adapter.family` a valid `model.family`; returns the adapter.
+
+    Args:
+        adapter: the family's declarative description (`models.adapter.ModelAdapter`).
+        replace: allow overriding an already registered family of the same name.
+
+    Raises:
+        ValueError: the family name is taken and `replace` is False.
+    """
+    if adapter.family in ADAPTERS and not replace:
+        raise ValueError(f"model family {adapter.family!r} is already registered; pass replace=True to override it")
+    ADAPTERS[adapter.family] = adapter
+    return adapter
+
+
+def _register_installed() -> None:
+    """The built-in families, then those advertised by installed packages (entry-point group `ENTRY_POINTS`)."""
+    from importlib.metadata import entry_points
+
+    for adapter in (LLAVA, LLAVA_NEXT, QWEN2_5_VL, QWEN2_VL):
+        register_adapter(adapter)
+    for entry in entry_points(group=ENTRY_POINTS):
+        adapter = entry.load()
+        if not isinstance(adapter, ModelAdapter):
+            raise TypeError(f"entry point {entry.name} = {entry.value} ({ENTRY_POINTS}) is a "
+                            f"{type(adapter).__name__}, not an experiments.models.ModelAdapter")
+        register_adapter(adapter)
+
+
+ENTRY_POINTS = "keyspace.adapters"  # entry-point group under which installed packages advertise adapters
+_register_installed()
+
+
 def get_adapter(family: str) -> ModelAdapter:
     if family not in ADAPTERS:
         raise ValueError(f"model.family={family!r} is not a known model family; valid: {sorted(ADAPTERS)}")
     return ADAPTERS[family]
-
-
-def check_model_config(cfg: ModelConfig) -> ModelAdapter:
-    """Validate names before anything is loaded; returns the family's adapter."""
-    adapter = get_adapter(cfg.family)
-    if cfg.weights not in WEIGHTS:
-        raise ValueError(f"model.weights={cfg.weights!r}: use one of {list(WEIGHTS)}")
-    if cfg.weights == "pretrained" and not cfg.path:
-        raise ValueError("model.path is empty: give a hub id or a local checkpoint folder, or use model.weights=random")
-    if cfg.weights == "random" and not cfg.architecture:
-        raise ValueError(f"model.weights=random needs model.architecture (the published config fields) for {cfg.name}")
-    if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
-        raise ValueError(f"model.dtype={cfg.dtype!r} is not one of {['auto', *DTYPES]}")
-    return adapter
 
 
 def resolve_device(device: str) -> str:
@@ -74,7 +101,7 @@ def resolve_dtype(cfg: ModelConfig, device: str) -> Any:
 
 def decoder_depth(cfg: ModelConfig) -> int:
     """Number of text decoder layers, from the architecture or the checkpoint's config.json (no weights)."""
-    adapter = check_model_config(cfg)
+    adapter = get_adapter(cfg.family)
     if cfg.weights == "random":
         from experiments.models.random_init import architecture_config
 
@@ -86,13 +113,28 @@ def decoder_depth(cfg: ModelConfig) -> int:
     return int(config.get_text_config().num_hidden_layers)
 
 
+def checkpoint_commit(cfg: ModelConfig) -> str | None:
+    """The hub commit `model.path` resolves to now (`model.revision`, or the default branch's head).
+
+    Cache keys hash it instead of the requested revision, so keys of an older commit of a moving branch are
+    never reused for new weights. None for random weights and local folders. Reads config.json, which the
+    job needs anyway (cached after the first call; offline, the hub cache's ref).
+    """
+    if cfg.weights != "pretrained" or Path(str(cfg.path)).is_dir():
+        return None
+    from huggingface_hub import hf_hub_download
+
+    config = _from_hub(cfg, hf_hub_download, str(cfg.path), "config.json", revision=cfg.revision)
+    return Path(config).parent.name  # the hub cache's documented layout: snapshots/<commit>/config.json
+
+
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Load or build the model and its processor; eval mode, on `cfg.device`, in `cfg.dtype`."""
     import transformers
 
     from experiments.models.random_init import build_random, ensure_random_checkpoint
 
-    adapter = check_model_config(cfg)
+    adapter = get_adapter(cfg.family)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg, device)
     if cfg.weights == "random" and not cfg.build_dir:
@@ -119,8 +161,5 @@ def _from_hub(cfg: ModelConfig, load: Any, *args: Any, **kwargs: Any) -> Any:
         if cfg.weights == "random":
             raise
         raise ModelUnavailableError(
-            f"model {cfg.name}: could not load model.path={cfg.path!r} (revision {cfg.revision}): "
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
-            f"  If this machine is offline or the checkpoint is not downloaded, copy it to shared storage and "
-            f"set model.path=/local/folder/of/the/checkpoint, or run with model.weights=random for a "
-            f"random-weight model of the same architecture.") from None
+            f"model {cfg.name}: {hub_problem(error, 'model.path', str(cfg.path), 'model', cfg.revision)}; or run "
+            f"with model.weights=random for a random-weight model of the same architecture") from None

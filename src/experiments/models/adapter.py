@@ -1,9 +1,11 @@
-"""What keyspace needs to know about a model family, declared once per family.
+"""What keyspace needs to know about a model family, declared once per family as data.
 
-An adapter names the transformers classes, where the decoder layers sit, how the processor is loaded
-(or built offline for random weights) and where the image-token id lives; everything else (hooks,
-cache reading, masks) is shared code in `keys/`. Adding a family is one module declaring a
-`ModelAdapter`, registered in `models/__init__.py`, plus one YAML in `conf/model/`.
+An adapter names the transformers classes, the attribute paths of the text decoder's layers, of the
+attention module inside a layer and of the key / query projections inside it, the config field that
+holds the image-token id, the positional scheme, and how the processor is loaded (or built offline for
+random weights). Everything else (hooks, cache reading, masks) is shared code in `keys/`, which reads
+modules only through these paths. A family outside the package is one `ModelAdapter` passed to
+`experiments.models.register_adapter`, plus a model config (YAML in `conf/model/` or a `ModelConfig`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ if TYPE_CHECKING:
     import torch
 
 
+POSITIONS = ("rope", "mrope", "other")  # 1-D RoPE | multimodal RoPE (t/h/w sections) | anything else
+
+
 @dataclass(frozen=True)
 class ModelAdapter:
     """Declarative description of one VLM family.
@@ -27,11 +32,19 @@ class ModelAdapter:
         family: registry key, written into the config (`model.family`).
         model_class: transformers class name of the full image-text-to-text model.
         config_class: transformers class name of its config (built from `model.architecture`).
-        decoder_layers: attribute path from that model to its text decoder's `nn.ModuleList`.
         load_processor: `(path, revision, **model.processor) -> processor` of a real checkpoint.
         offline_processor: `(**model.processor) -> processor` built without downloads (weights=random).
         token_ids: `processor -> config fields` that tie the architecture's special-token ids to the
             offline tokenizer (image token, padding, ...), so random-weight models accept its ids.
+        decoder_layers: attribute path from the model to its text decoder's `nn.ModuleList`.
+        attention: attribute path from one decoder layer to its attention module (whose forward
+            receives `position_embeddings` and writes the KV cache).
+        key_projection: attribute path from the attention module to its key projection (pre-RoPE keys).
+        query_projection: attribute path from the attention module to its query projection.
+        image_token: field of `model.config` holding the id of the image placeholder token; image tokens
+            are the positions holding that id.
+        positions: positional scheme of the decoder, one of `POSITIONS`; queries can be captured after
+            RoPE only for "rope" and "mrope".
         fast_paths: `model -> None` functions that swap slow modules for exact faster ones
             (`model.fast_paths=false` turns them off); each has a CPU test of exactness.
     """
@@ -39,19 +52,40 @@ class ModelAdapter:
     family: str
     model_class: str
     config_class: str
-    decoder_layers: str
     load_processor: Callable[..., Any]
     offline_processor: Callable[..., Any]
     token_ids: Callable[[Any], dict[str, Any]]
+    decoder_layers: str
+    attention: str
+    key_projection: str
+    query_projection: str
+    image_token: str
+    positions: str
     fast_paths: tuple[Callable[[Any], Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"adapter {self.family!r}: positions={self.positions!r} is not one of {list(POSITIONS)}")
 
     def layers(self, model: Any) -> Any:
         """The text decoder layers (`nn.ModuleList`); never the vision tower's layers."""
         return attrgetter(self.decoder_layers)(model)
 
+    def attention_module(self, layer: Any) -> Any:
+        """The attention module of one decoder layer."""
+        return attrgetter(self.attention)(layer)
+
+    def key_module(self, layer: Any) -> Any:
+        """The key projection (`Linear`, output [.., kv_heads*head_dim]) of one decoder layer."""
+        return attrgetter(self.key_projection)(self.attention_module(layer))
+
+    def query_module(self, layer: Any) -> Any:
+        """The query projection (`Linear`, output [.., heads*head_dim]) of one decoder layer."""
+        return attrgetter(self.query_projection)(self.attention_module(layer))
+
     def image_token_id(self, model: Any) -> int:
         """Id of the placeholder token that the processor expands into one token per image patch."""
-        return int(model.config.image_token_id)
+        return int(getattr(model.config, self.image_token))
 
     def conversation(self, sample: Sample) -> list[dict[str, Any]]:
         """The sample as one user turn in the chat-template message format, parts in reading order."""

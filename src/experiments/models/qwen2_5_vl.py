@@ -25,20 +25,21 @@ from experiments.models.offline import QWEN_CHAT_TEMPLATE, QWEN_SPECIALS, qwen_t
 
 
 @cache
-def image_only_processor_class() -> Any:
-    """`Qwen2_5_VLProcessor` without its video processor.
+def image_only_processor_class(processor: str = "Qwen2_5_VLProcessor") -> Any:
+    """transformers' `processor` class (a Qwen-VL processor) without its video processor.
 
     The video processor needs torchvision, which keyspace does not require. ProcessorMixin takes
     its sub-processors from the `__init__` signature, so dropping `video_processor` there gives an
     image + text processor that loads real checkpoints and the tiny ones alike.
     """
-    from transformers import Qwen2_5_VLProcessor
+    import transformers
 
-    class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+    parent = getattr(transformers, processor)
 
-    return Qwen2_5_VLImageOnlyProcessor
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        parent.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    return type(processor.replace("Processor", "ImageOnlyProcessor"), (parent,), {"__init__": __init__})
 
 
 def pixel_bounds(min_pixels: int, max_pixels: int) -> dict[str, Any]:
@@ -47,20 +48,21 @@ def pixel_bounds(min_pixels: int, max_pixels: int) -> dict[str, Any]:
 
 
 def load_processor(path: str, revision: str | None, min_pixels: int | None = None,
-                   max_pixels: int | None = None) -> Any:
+                   max_pixels: int | None = None, processor: str = "Qwen2_5_VLProcessor") -> Any:
     """The checkpoint's processor (image + text), its pixel budget overridden when both bounds are given."""
     bounds = pixel_bounds(min_pixels, max_pixels) if min_pixels and max_pixels else {}
-    return image_only_processor_class().from_pretrained(path, revision=revision, backend="pil", **bounds)
+    return image_only_processor_class(processor).from_pretrained(path, revision=revision, backend="pil", **bounds)
 
 
-def offline_processor(min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280) -> Any:
-    """Qwen2.5-VL preprocessing (patch 14, 2x2 merge, temporal patch 2) with the offline tokenizer."""
+def offline_processor(min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280,
+                      processor: str = "Qwen2_5_VLProcessor") -> Any:
+    """Qwen-VL preprocessing (patch 14, 2x2 merge, temporal patch 2) with the offline tokenizer."""
     from transformers import Qwen2VLImageProcessorPil  # type: ignore[attr-defined]  # lazy export
 
     image_processor = Qwen2VLImageProcessorPil(**pixel_bounds(min_pixels, max_pixels), patch_size=14,
                                                temporal_patch_size=2, merge_size=2)
-    return image_only_processor_class()(image_processor=image_processor, tokenizer=qwen_tokenizer(),
-                                        chat_template=QWEN_CHAT_TEMPLATE)
+    return image_only_processor_class(processor)(image_processor=image_processor, tokenizer=qwen_tokenizer(),
+                                                 chat_template=QWEN_CHAT_TEMPLATE)
 
 
 def token_ids(processor: Any) -> dict[str, Any]:
@@ -76,6 +78,11 @@ QWEN2_5_VL = ModelAdapter(
     model_class="Qwen2_5_VLForConditionalGeneration",
     config_class="Qwen2_5_VLConfig",
     decoder_layers="model.language_model.layers",
+    attention="self_attn",
+    key_projection="k_proj",
+    query_projection="q_proj",
+    image_token="image_token_id",
+    positions="mrope",
     load_processor=load_processor,
     offline_processor=offline_processor,
     token_ids=token_ids,

@@ -1,19 +1,26 @@
 """The job's figures: Figure-2-style box plots, a t-SNE panel per layer and the depth profile.
 
+Each panel is drawn by a function that takes a matplotlib `Axes` and returns its `Figure`
+(`boxplot_panel`, `tsne_panel`, `depth_profile_panel`), so a notebook can place them in its own layout;
+the job's figures are grids of the same panels. Figures are `matplotlib.figure.Figure` objects made by
+`new_figure`, never through pyplot: drawing and saving need no backend, so figure code never selects or
+changes the process's backend (a notebook keeps its inline one) and pyplot holds no reference to them.
 `depth_profile` and `depth_profile_grid` are shared with the sweep's Figure 3 (`sweep_figures.py`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from experiments.atomic import atomic_write
 from experiments.report.schema import headline
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 COMPARISON_ORDER = ["image_vs_text", "image_vs_image", "text_vs_text"]
@@ -25,75 +32,111 @@ MIN_PROFILE_LAYERS = 3  # a depth profile needs at least this many distinct laye
 
 
 def boxplot_figure(results: pd.DataFrame, path: Path, title: str) -> None:
-    """Comparison on x, value on y, one panel per metric; one point per (layer, split).
+    """One box-plot panel per metric (`boxplot_panel`), written to `path`."""
+    save_figure(boxplot_grid(results, title), path)
 
-    Points are coloured by layer with a legend; beyond `MAX_LEGEND_LAYERS` layers (e.g. `layer=every`) by
-    layer index on a sequential scale with a colour bar.
-    """
-    plt = pyplot()
-    import seaborn as sns
 
-    results = headline(results)  # mmd_agg: the fused test only
-    metrics = list(dict.fromkeys(results["metric"]))
-    many = results["layer"].nunique() > MAX_LEGEND_LAYERS
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+def boxplot_grid(results: pd.DataFrame, title: str) -> Figure:
+    """One `boxplot_panel` per metric, side by side, under `title`; returns the Figure."""
+    metrics = list(dict.fromkeys(headline(results)["metric"]))
+    fig, axes = new_figure(1, len(metrics), figsize=(4.2 * len(metrics), 3.8))
     for ax, metric in zip(axes[0], metrics, strict=True):
-        data = results[results["metric"] == metric]
-        sns.boxplot(data=data, x="comparison", y="value", order=COMPARISON_ORDER, ax=ax, color="#cccccc",
-                    showfliers=False)
-        sns.stripplot(data=data, x="comparison", y="value", order=COMPARISON_ORDER, ax=ax, size=4 - many,
-                      alpha=0.8, dodge=False, **({"hue": "layer_index", "palette": "viridis", "legend": False}
-                                                 if many else {"hue": "layer"}))
-        kernel = data["kernel"].iloc[0]
-        ax.set_title(metric if kernel == "none" else f"{metric} ({kernel} kernel)")
-        null_band(ax, data, "comparison", COMPARISON_ORDER)
-        ax.set_xlabel("")
-        ax.set_ylabel("value")
-        ax.tick_params(axis="x", labelrotation=15)
-        if many:
-            norm = plt.Normalize(results["layer_index"].min(), results["layer_index"].max())
-            fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="layer index")
-        else:
-            ax.legend(title="layer", fontsize=8, title_fontsize=8)
+        boxplot_panel(results, ax, metric)
     fig.suptitle(title)
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
+
+
+def boxplot_panel(results: pd.DataFrame, ax: Axes, metric: str | None = None) -> Figure:
+    """Draw one metric into `ax`: comparison on x, value on y, one point per (layer, split); returns its Figure.
+
+    Points are coloured by layer with a legend; beyond `MAX_LEGEND_LAYERS` layers (e.g. `layer=every`) by
+    layer index on a sequential scale with a colour bar. The permutation null is shaded behind (`null_band`).
+
+    Args:
+        results: Result rows (columns layer, layer_index, comparison, metric, kernel, value; null_mean and
+            null_std for the band).
+        ax: Where to draw.
+        metric: The metric to draw; None = the first one in `results`.
+    """
+    import seaborn as sns
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    results = headline(results)  # mmd_agg: the fused test only
+    metric = results["metric"].iloc[0] if metric is None else metric
+    many = results["layer"].nunique() > MAX_LEGEND_LAYERS
+    data = results[results["metric"] == metric]
+    if data.empty:
+        raise ValueError(f"no rows of metric {metric!r}; these results have {sorted(results['metric'].unique())}")
+    sns.boxplot(data=data, x="comparison", y="value", order=COMPARISON_ORDER, ax=ax, color="#cccccc",
+                showfliers=False)
+    sns.stripplot(data=data, x="comparison", y="value", order=COMPARISON_ORDER, ax=ax, size=4 - many,
+                  alpha=0.8, dodge=False, **({"hue": "layer_index", "palette": "viridis", "legend": False}
+                                             if many else {"hue": "layer"}))
+    kernel = data["kernel"].iloc[0]
+    ax.set_title(metric if kernel == "none" else f"{metric} ({kernel} kernel)")
+    null_band(ax, data, "comparison", COMPARISON_ORDER)
+    ax.set_xlabel("")
+    ax.set_ylabel("value")
+    ax.tick_params(axis="x", labelrotation=15)
+    fig = _figure_of(ax)
+    if many:
+        norm = Normalize(results["layer_index"].min(), results["layer_index"].max())
+        fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="layer index")
+    else:
+        ax.legend(title="layer", fontsize=8, title_fontsize=8)
+    return fig
 
 
 def tsne_figure(embedding: pd.DataFrame, path: Path, title: str) -> None:
-    """One panel per layer, points coloured by modality; up to `MAX_TSNE_COLUMNS` panels per row.
+    """One `tsne_panel` per layer, up to `MAX_TSNE_COLUMNS` per row, written to `path`.
 
     Args:
         embedding: Rows x, y, modality, layer (one job's points).
         path: Output file; its suffix names the format.
         title: Figure title.
     """
-    plt = pyplot()
+    from matplotlib.lines import Line2D
 
     layers = list(dict.fromkeys(embedding["layer"]))
     n_cols = min(len(layers), MAX_TSNE_COLUMNS)
     n_rows = -(-len(layers) // n_cols)
     size = 3.8 if n_rows == 1 else 2.6
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows + 0.8), squeeze=False)
+    fig, axes = new_figure(n_rows, n_cols, figsize=(size * n_cols, size * n_rows + 0.8))
     for ax in axes.flat[len(layers):]:
         ax.set_visible(False)
     for ax, layer in zip(axes.flat, layers, strict=False):
-        data = embedding[embedding["layer"] == layer]
-        for modality, colour in PALETTE.items():
-            part = data[data["modality"] == modality]
-            ax.scatter(part["x"], part["y"], s=6 if n_rows == 1 else 3, alpha=0.7, color=colour, linewidths=0)
-        ax.set_title(f"layer {layer}", fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        tsne_panel(embedding, ax, layer, point_size=6 if n_rows == 1 else 3)
     handles = []
     for modality, colour in PALETTE.items():
         per_layer = embedding[embedding["modality"] == modality].groupby("layer").size().reindex(layers, fill_value=0)
-        handles.append(plt.Line2D([], [], marker="o", linestyle="", color=colour,
-                                  label=f"{modality} ({_count_range(per_layer)} tokens per layer)"))
+        handles.append(Line2D([], [], marker="o", linestyle="", color=colour,
+                              label=f"{modality} ({_count_range(per_layer)} tokens per layer)"))
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
     save_figure(fig, path)
+
+
+def tsne_panel(embedding: pd.DataFrame, ax: Axes, layer: str | None = None, point_size: float = 6) -> Figure:
+    """Draw one layer's t-SNE points into `ax`, coloured by modality (`PALETTE`); returns its Figure.
+
+    Args:
+        embedding: Rows x, y, modality, layer.
+        ax: Where to draw.
+        layer: The layer label to draw; None = the first one in `embedding`.
+        point_size: Marker area in points².
+    """
+    layer = embedding["layer"].iloc[0] if layer is None else layer
+    data = embedding[embedding["layer"] == layer]
+    for modality, colour in PALETTE.items():
+        part = data[data["modality"] == modality]
+        ax.scatter(part["x"], part["y"], s=point_size, alpha=0.7, color=colour, linewidths=0, label=modality)
+    ax.set_title(f"layer {layer}", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _figure_of(ax)
 
 
 def depth_profile(results: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -129,26 +172,16 @@ def depth_profile_grid(profile: pd.DataFrame, by: list[str], title: str) -> Figu
     Returns:
         The matplotlib Figure (the caller saves it).
     """
-    plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.lines import Line2D
 
     rows = list(dict.fromkeys(profile[by].itertuples(index=False, name=None)))
     panels = list(dict.fromkeys(zip(profile["metric"], profile["kernel"], strict=True)))
-    fig, axes = plt.subplots(len(rows), len(panels), squeeze=False,
-                             figsize=(4.2 * len(panels), 2.9 * len(rows) + 1.0))
+    fig, axes = new_figure(len(rows), len(panels), figsize=(4.2 * len(panels), 2.9 * len(rows) + 1.0))
     for r, row in enumerate(rows):
         in_row = (profile[by] == pd.Series(row, index=by)).all(axis=1)
         for c, (metric, kernel) in enumerate(panels):
             ax = axes[r, c]
-            data = profile[in_row & (profile["metric"] == metric) & (profile["kernel"] == kernel)]
-            for comparison in COMPARISON_ORDER:
-                line = data[data["comparison"] == comparison]
-                colour = COMPARISON_COLOURS[comparison]
-                ax.plot(line["layer_index"], line["mean"], color=colour, marker="o", markersize=3, label=comparison)
-                ax.fill_between(line["layer_index"], line["mean"] - line["std"], line["mean"] + line["std"],
-                                color=colour, alpha=0.2, linewidth=0)
-            ax.axhline(0.0, color="grey", linewidth=0.6, zorder=0)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _profile_lines(ax, profile[in_row & (profile["metric"] == metric) & (profile["kernel"] == kernel)])
             if r == 0:
                 ax.set_title(metric if kernel == "none" else f"{metric} ({kernel} kernel)", fontsize=10)
             if r == len(rows) - 1:
@@ -157,7 +190,7 @@ def depth_profile_grid(profile: pd.DataFrame, by: list[str], title: str) -> Figu
                 label = " · ".join(str(v) if k in ("model", "benchmark") else f"{k}={v}"
                                    for k, v in zip(by, row, strict=True))
                 ax.set_ylabel(f"{label}\nvalue", fontsize=9)
-    handles = [plt.Line2D([], [], color=COMPARISON_COLOURS[c], marker="o", markersize=3, label=c)
+    handles = [Line2D([], [], color=COMPARISON_COLOURS[c], marker="o", markersize=3, label=c)
                for c in COMPARISON_ORDER]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9, frameon=False,
                title="mean over splits, band ± 1 std", title_fontsize=8)
@@ -185,6 +218,46 @@ def depth_profile_figure(results: pd.DataFrame, path: Path, title: str) -> None:
     save_figure(depth_profile_grid(profile, by, title), path)
 
 
+def depth_profile_panel(results: pd.DataFrame, ax: Axes, metric: str | None = None) -> Figure:
+    """Draw one metric's depth profile into `ax`: each comparison's mean ± std over splits against layer index.
+
+    Args:
+        results: Result rows of one model and benchmark at `MIN_PROFILE_LAYERS` or more layers.
+        ax: Where to draw.
+        metric: The metric to draw; None = the first one in `results`.
+
+    Raises:
+        ValueError: `results` span fewer than `MIN_PROFILE_LAYERS` layer indices, or lack `metric`.
+    """
+    profile = depth_profile(results, ["model", "benchmark"])
+    metric = profile["metric"].iloc[0] if metric is None and not profile.empty else metric
+    data = profile[profile["metric"] == metric]
+    if data.empty:
+        raise ValueError(f"no depth profile of metric {metric!r}: it needs results of that metric at "
+                         f"{MIN_PROFILE_LAYERS} or more layers")
+    _profile_lines(ax, data)
+    kernel = data["kernel"].iloc[0]
+    ax.set_title(str(metric) if kernel == "none" else f"{metric} ({kernel} kernel)", fontsize=10)
+    ax.set_xlabel("decoder layer index")
+    ax.set_ylabel("value")
+    ax.legend(fontsize=8)
+    return _figure_of(ax)
+
+
+def _profile_lines(ax: Axes, data: pd.DataFrame) -> None:
+    """Each comparison's mean line and ± std band from `depth_profile` rows of one panel."""
+    from matplotlib.ticker import MaxNLocator
+
+    for comparison in COMPARISON_ORDER:
+        line = data[data["comparison"] == comparison]
+        colour = COMPARISON_COLOURS[comparison]
+        ax.plot(line["layer_index"], line["mean"], color=colour, marker="o", markersize=3, label=comparison)
+        ax.fill_between(line["layer_index"], line["mean"] - line["std"], line["mean"] + line["std"],
+                        color=colour, alpha=0.2, linewidth=0)
+    ax.axhline(0.0, color="grey", linewidth=0.6, zorder=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def null_band(ax, data: pd.DataFrame, x: str, order: list[str]) -> None:
     """Shade, behind each category of the x axis, the permutation null: mean null_mean ± 2 null_std.
 
@@ -203,20 +276,29 @@ def null_band(ax, data: pd.DataFrame, x: str, order: list[str]) -> None:
                             else None)
 
 
-def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (jobs run headless)."""
-    import matplotlib
+def new_figure(n_rows: int, n_cols: int, **kwargs: Any) -> tuple[Figure, np.ndarray]:
+    """A `Figure` with an [n_rows, n_cols] array of Axes, made without pyplot (no backend, no figure manager).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        n_rows, n_cols: The grid of panels.
+        **kwargs: `figsize` for the Figure; the rest (e.g. `gridspec_kw`) for `Figure.subplots`.
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(n_rows, n_cols, squeeze=False, **kwargs)
 
 
-def save_figure(fig, path: Path) -> None:
-    """Write `fig` atomically in the format of `path`'s suffix, then free it."""
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write `fig` atomically in the format of `path`'s suffix (the Figure's own canvas; no backend needed)."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, format=path.suffix.lstrip(".")))
-    pyplot().close(fig)
+
+
+def _figure_of(ax: Axes) -> Figure:
+    """The top-level Figure holding `ax` (not a SubFigure)."""
+    figure = ax.get_figure(root=True)
+    assert figure is not None, "the Axes belongs to no Figure"
+    return figure  # type: ignore[return-value]
 
 
 def _count_range(counts: pd.Series) -> str:

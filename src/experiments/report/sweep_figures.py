@@ -7,6 +7,9 @@ beside the image_vs_image and text_vs_text controls, pooled over layers, benchma
 grey band: the permutation null (mean ± 2 sd).
 Figure 3 (`depth_profiles`): per model x benchmark (one row each) and metric (one column each), the three
 comparisons' mean ± std over splits against decoder-layer index, for sweeps with jobs of 3 or more layers.
+Figures 4 and 5 (`attention_figures`, jobs with `analysis.attention=true`): per model, layer x head heatmaps
+of the image attention share and of per-head MMD², and per-head MMD² against image attention share with
+Spearman's rho per layer (`report.attention_figures`; rows of equal model, layer and head averaged).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from experiments.report.figures import (
     PALETTE,
     depth_profile,
     depth_profile_grid,
+    new_figure,
     null_band,
-    pyplot,
 )
 from experiments.report.schema import headline
 
@@ -40,13 +43,13 @@ def tsne_grid(embedding: pd.DataFrame, stem: Path, title: str) -> list[Path]:
         stem: Output path without suffix.
         title: Figure title.
     """
-    plt = pyplot()
+    from matplotlib.lines import Line2D
 
     models = sorted(embedding["model"].unique())
     columns = sorted(set(zip(embedding["benchmark"], embedding["layer"], strict=True)),
                      key=lambda c: (c[0], _layer_key(c[1])))
-    fig, axes = plt.subplots(len(models), len(columns), squeeze=False,
-                             figsize=(max(2.6 * len(columns), 4.5), 2.6 * len(models) + 1.2))
+    fig, axes = new_figure(len(models), len(columns),
+                           figsize=(max(2.6 * len(columns), 4.5), 2.6 * len(models) + 1.2))
     for row, model in enumerate(models):
         for col, (benchmark, layer) in enumerate(columns):
             ax = axes[row, col]
@@ -63,7 +66,7 @@ def tsne_grid(embedding: pd.DataFrame, stem: Path, title: str) -> list[Path]:
                 ax.set_title(f"{benchmark} · {layer}", fontsize=10)
             if col == 0:
                 ax.set_ylabel(model, fontsize=10)
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=m) for m, c in PALETTE.items()]
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=m) for m, c in PALETTE.items()]
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
     fig.suptitle(f"t-SNE of attention keys\n{title}", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
@@ -78,7 +81,6 @@ def comparison_boxplots(results: pd.DataFrame, stem: Path, title: str) -> list[P
         stem: Output path without suffix.
         title: Figure title.
     """
-    plt = pyplot()
     import seaborn as sns
 
     results = headline(results)  # mmd_agg: the fused test only; its breakdown is in summary.csv
@@ -86,8 +88,7 @@ def comparison_boxplots(results: pd.DataFrame, stem: Path, title: str) -> list[P
     models = sorted(results["model"].unique())
     n_cols = min(len(panels), MAX_PANELS_PER_ROW)
     n_rows = -(-len(panels) // n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
-                             figsize=(max(4.0, 1.6 * len(models) + 2.0) * n_cols, 4.0 * n_rows + 0.6))
+    fig, axes = new_figure(n_rows, n_cols, figsize=(max(4.0, 1.6 * len(models) + 2.0) * n_cols, 4.0 * n_rows + 0.6))
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for number, (ax, (metric, kernel)) in enumerate(zip(axes.flat, panels, strict=False)):
@@ -126,6 +127,15 @@ def depth_profiles(results: pd.DataFrame, stem: Path, title: str, by: list[str])
     return [] if profile.empty else _save_both(depth_profile_grid(profile, by, title), stem)
 
 
+def attention_figures(results: pd.DataFrame, sweep: Path, title: str) -> list[Path]:
+    """Figures 4 (`figure4_attention_heatmaps`) and 5 (`figure5_attention_mmd_vs_share`) in `sweep`; PNG and PDF
+    paths. `results` must hold attention rows (`attention_figures.has_attention`)."""
+    from experiments.report.attention_figures import heatmap_grid, scatter_grid
+
+    return [*_save_both(heatmap_grid(results, title), sweep / "figure4_attention_heatmaps"),
+            *_save_both(scatter_grid(results, title), sweep / "figure5_attention_mmd_vs_share")]
+
+
 def _layer_key(layer: str) -> tuple[int, int | str]:
     """early < middle < late < explicit indices in numeric order."""
     if layer in LAYER_ORDER:
@@ -138,7 +148,6 @@ def _save_both(fig, stem: Path) -> list[Path]:
     for path in paths:
         save = partial(_savefig, fig, fmt=path.suffix[1:])
         atomic_write(path, save)
-    pyplot().close(fig)
     return paths
 
 

@@ -14,25 +14,28 @@ Layout of an entry, `<cache_dir>/keys/<model>-<benchmark>-<hash>/`:
 Layers are not part of the hash: a job that needs a subset of the stored layers reuses the entry, and
 one that needs more extracts only the missing (shard, layer) files. Every file is written to a
 temporary name and renamed into place, so it exists whole or not at all: a killed job leaves only
-finished files and a rerun extracts only what is missing. `lock()` serialises extraction between jobs
-that share the entry.
+finished files and a rerun extracts only what is missing. A file damaged later on disk (truncated, or a
+header that does not parse or does not match the file's length) counts as missing: `missing()` deletes it
+and it is extracted again, never loaded. `lock()` serialises extraction between jobs that share the entry.
 
 Select, then read: `index()` loads only the per-token metadata; `read(layer, rows)` then reads just the
 chosen rows of one layer through a memory map of each shard's file (safetensors' documented layout: an
 8-byte header length, a JSON header, raw row-major data), so memory follows the rows asked for, not
 the benchmark.
 
-Hashed: model (name, family, weights, path, revision, dtype resolved for the device; for random weights
-also the seed, the architecture and the processor settings), the benchmark config, key site,
-per-sample token cap, key seed, store dtype (resolved) and shard size. Excluded on purpose: layers
-(stored per file), batch size, workers and attention implementation (they change speed, not keys,
-beyond float rounding) and everything downstream of the keys (metrics, splits, report, logger).
+Hashed: model (name, family, weights, path, the hub commit the revision resolves to, dtype resolved for
+the device; for random weights also the seed, the architecture and the processor settings), the
+benchmark config, key site, per-sample token cap, key seed, store dtype (resolved) and shard size.
+Excluded on purpose: layers (stored per file), batch size, workers and attention implementation (they
+change speed, not keys, beyond float rounding) and everything downstream of the keys (metrics, splits,
+report, logger).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -45,7 +48,10 @@ import torch
 from experiments.atomic import atomic_write
 from experiments.config import JobConfig
 from experiments.keys.extract import SampleKeys
-from experiments.models import resolve_device, resolve_dtype
+from experiments.models import checkpoint_commit, resolve_device, resolve_dtype
+from experiments.store.lock import cache_lock
+
+log = logging.getLogger(__name__)
 
 # safetensors dtype tag -> (numpy dtype of the raw bytes, torch dtype they hold)
 _DTYPES = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16),
@@ -63,7 +69,8 @@ def cache_descriptor(cfg: JobConfig) -> dict[str, Any]:
     """The resolved config subset that determines the keys (see the module docstring for what is excluded)."""
     m = cfg.model
     return {
-        "model": {"name": m.name, "family": m.family, "weights": m.weights, "path": m.path, "revision": m.revision,
+        "model": {"name": m.name, "family": m.family, "weights": m.weights, "path": m.path,
+                  "revision": checkpoint_commit(m),  # the commit, not the branch name
                   "dtype": str(resolve_dtype(m, resolve_device(m.device))).removeprefix("torch."),
                   "processor": m.processor,
                   **({"seed": m.seed, "architecture": m.architecture} if m.weights == "random" else {})},
@@ -110,12 +117,10 @@ class KeyStore:
         self.shard_size = int(descriptor["shard_size"])
         self.n_shards = -(-n_samples // self.shard_size)
 
-    def lock(self) -> Any:
-        """A file lock held while extracting, so jobs sharing the entry never run the model twice."""
-        from filelock import FileLock
-
+    def lock(self, kind: str = "fcntl", stale_after: float = 120.0) -> Any:
+        """A lock held while extracting, so jobs sharing the entry never run the model twice (`store.lock`)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.dir / ".lock"))
+        return cache_lock(self.dir / (".lock" if kind == "fcntl" else ".lockfile"), kind, stale_after)
 
     def remove_partial_files(self) -> None:
         """Delete temporary files a killed writer left behind; call only while holding `lock()`."""
@@ -126,7 +131,17 @@ class KeyStore:
         return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n_samples))
 
     def missing(self, layers: list[int]) -> dict[int, list[int]]:
-        """Shard -> the layers of `layers` it still lacks, for every shard that lacks any."""
+        """Shard -> the layers of `layers` it still lacks, for every shard that lacks any.
+
+        A damaged file (see `intact`) is deleted with a warning and counted as missing; call only while
+        holding `lock()`.
+        """
+        for path in [p for k in range(self.n_shards) for p in (self.tokens_path(k), *(self.layer_path(k, i)
+                                                                                       for i in layers))]:
+            if path.exists() and not intact(path):
+                log.warning("key cache file %s is damaged (truncated or bad header): deleted, extracting it again",
+                            path)
+                path.unlink()
         gaps = {k: [i for i in sorted(layers) if not (self.tokens_path(k).exists() and self.layer_path(k, i).exists())]
                 for k in range(self.n_shards)}
         return {k: lacking for k, lacking in gaps.items() if lacking}
@@ -270,6 +285,21 @@ def entry_name(descriptor: dict[str, Any]) -> str:
     """Folder name of the entry: model and benchmark names and a hash of the whole descriptor."""
     digest = hashlib.sha256(json.dumps(descriptor, sort_keys=True).encode()).hexdigest()[:16]
     return f"{descriptor['model']['name']}-{descriptor['benchmark']['name']}-{digest}"
+
+
+def intact(path: Path) -> bool:
+    """Whether `path` is a whole safetensors file: its header parses and its last tensor ends at the file's end."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size - 8:
+                return False
+            header = json.loads(f.read(header_len))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError, AttributeError):
+        return False
+    return 8 + header_len + end == size
 
 
 def _save_keys(keys: torch.Tensor, path: str) -> None:

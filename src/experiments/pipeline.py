@@ -60,7 +60,7 @@ def run(cfg: DictConfig, output_dir: str | Path, group: str | None = None) -> No
         seconds = _run(job, out, resolved, group)
     except BaseException as error:
         if isinstance(error, ConfigError):
-            log.error("configuration error: %s", error)
+            log.error("%s", error)  # the message names the field and the fix; Hydra prints it again, alone
         else:
             log.exception("job failed after %.1f s (output dir %s)", time.time() - started, out)
         _write_status(out, {"status": "failed", "error": f"{type(error).__name__}: {error}",

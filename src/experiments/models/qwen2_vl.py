@@ -17,22 +17,14 @@ Image token: `config.image_token_id` (`<|image_pad|>`), prod(image_grid_thw) / 4
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
-from experiments.models.adapter import ModelAdapter
-from experiments.models.qwen2_5_vl import load_processor, offline_processor, token_ids
+from experiments.models.qwen2_5_vl import QWEN2_5_VL, load_processor, offline_processor
 
-QWEN2_VL = ModelAdapter(
-    family="qwen2_vl",
-    model_class="Qwen2VLForConditionalGeneration",
-    config_class="Qwen2VLConfig",
-    decoder_layers="model.language_model.layers",
-    attention="self_attn",
-    key_projection="k_proj",
-    query_projection="q_proj",
-    image_token="image_token_id",
-    positions="mrope",
-    load_processor=partial(load_processor, processor="Qwen2VLProcessor"),
-    offline_processor=partial(offline_processor, processor="Qwen2VLProcessor"),
-    token_ids=token_ids,
-)
+# The same data as Qwen2.5-VL (decoder path, projections, M-RoPE, special tokens) but its own classes and
+# processor, and none of Qwen2.5-VL's vision fast paths (Qwen2-VL's vision tower has no window attention).
+QWEN2_VL = replace(QWEN2_5_VL, family="qwen2_vl", model_class="Qwen2VLForConditionalGeneration",
+                   config_class="Qwen2VLConfig", fast_paths=(),
+                   load_processor=partial(load_processor, processor="Qwen2VLProcessor"),
+                   offline_processor=partial(offline_processor, processor="Qwen2VLProcessor"))

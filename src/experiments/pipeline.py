@@ -91,7 +91,7 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[s
     n_used = len(index.sample_ids)
     cache_bytes = store.layer_bytes([s.index for s in layers]) / n_used
     tokens = _token_stats(index)
-    stamp = _analysis_stamp(job, layers)
+    stamp = _analysis_stamp(job, layers, store.descriptor)
     results = _reuse(out / "results.parquet", stamp)
     embedding = _reuse(out / "embedding.parquet", stamp)
     if results is None or embedding is None:
@@ -149,9 +149,10 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[s
     return seconds
 
 
-def _analysis_stamp(job: JobConfig, layers: list[LayerSpec]) -> str:
-    """Hash of everything the tables depend on: a rerun (requeue) reuses tables with the same stamp."""
-    inputs = {"keys": cache_descriptor(job), "layers": [(s.label, s.index) for s in layers],
+def _analysis_stamp(job: JobConfig, layers: list[LayerSpec], keys: dict) -> str:
+    """Hash of everything the tables depend on (`keys`: the key cache's descriptor): a rerun (requeue) reuses
+    tables with the same stamp."""
+    inputs = {"keys": keys, "layers": [(s.label, s.index) for s in layers],
               **{name: asdict(getattr(job, name)) for name in ("analysis", "metric", "kernel", "report")}}
     if job.intervention.name != "none":  # only then, so stamps of jobs without one stay as they were
         inputs["intervention"] = asdict(job.intervention)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from experiments.validation import Each, LocalPath, Matches, Needs, OneOf, Range, checked
+from experiments.validation import Allowed, Each, LocalPath, Matches, Needs, OneOf, Range, checked
 
 DEVICE = Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 DTYPE = OneOf(("auto",), registry="experiments.models:DTYPES")
@@ -120,8 +120,9 @@ class AnalysisConfig:
     paired_samples: int = checked(200, Range(low=2, special=(0,)))
     # attention analysis (experiments.attention): post-RoPE queries captured beside the keys at the job's layers,
     # scores and attention allocation recomputed per head in chunks; adds rows attn_image_share, attn_utilization,
-    # image_context_share, logit_gap, mmd2_head, spearman_mmd2_share (with a head column) and two figures
-    attention: bool = False
+    # image_context_share, logit_gap, mmd2_head, spearman_mmd2_share (with a head column) and two figures;
+    # causal families only (the recomputed attention is causal)
+    attention: bool = checked(False, Allowed("experiments.models:attention_problem"))
     # samples (seeded choice) run again, every token kept, for the attention analysis
     attention_samples: int = checked(8, Range(low=1))
     # MiB of float32 scores per chunk (heads x query rows x keys): bounds memory

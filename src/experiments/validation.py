@@ -170,7 +170,19 @@ class Needs:
         return self.rule.problem(value, job) if self.rule else None
 
 
-Rule = Range | OneOf | Matches | LocalPath | Each | Needs
+@dataclass(frozen=True)
+class Allowed:
+    """A value that `check` ("module:function", called with the value and the whole job) finds no problem with:
+    for rules that need a registry entry of another field (what a model family supports)."""
+
+    check: str
+
+    def problem(self, value: Any, job: Any) -> str | None:
+        module, function = self.check.split(":")
+        return getattr(importlib.import_module(module), function)(value, job)  # type: ignore[no-any-return]
+
+
+Rule = Range | OneOf | Matches | LocalPath | Each | Needs | Allowed
 
 
 def checked(default: T, rule: Rule) -> T:

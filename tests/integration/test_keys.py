@@ -28,18 +28,25 @@ def _samples(n: int = 4) -> list[Sample]:
 def _solo_oracle(loaded, sample: Sample, layer: int, site: str) -> torch.Tensor:
     """[S, kv_heads*head_dim] keys of `sample` run alone through a plain full forward, no keyspace hooks.
 
-    post_rope: the model's own KV cache (use_cache=True). pre_rope: k_proj applied to the layer's
-    normalised input, taken from output_hidden_states.
+    post_rope: the model's own KV cache (use_cache=True; a config-free `DynamicCache`, so sliding-window layers
+    keep every key). pre_rope: k_proj applied to the layer's normalised input, taken from
+    output_hidden_states, then the per-head `k_norm` where the family has one (Gemma 3, Qwen3-VL).
     """
+    from transformers import DynamicCache
+
     model, adapter = loaded.model, loaded.adapter
     inputs = adapter.model_inputs(loaded.processor, [sample.decoded()])
     with torch.inference_mode():
-        out = model(**inputs, use_cache=True, output_hidden_states=True)
+        out = model(**inputs, use_cache=True, past_key_values=DynamicCache(), output_hidden_states=True)
     if site == "post_rope":
         return out.past_key_values.layers[layer].keys[0].transpose(0, 1).flatten(1)
     decoder_layer = adapter.layers(model)[layer]
+    attention = decoder_layer.self_attn
     with torch.inference_mode():
-        return decoder_layer.self_attn.k_proj(decoder_layer.input_layernorm(out.hidden_states[layer][0]))
+        keys = attention.k_proj(decoder_layer.input_layernorm(out.hidden_states[layer][0]))
+        if hasattr(attention, "k_norm"):
+            keys = attention.k_norm(keys.unflatten(-1, (-1, attention.head_dim))).flatten(-2)
+        return keys
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -73,7 +80,7 @@ def test_early_exit_equals_full_forward(tiny, site):
     inputs = tiny.adapter.model_inputs(tiny.processor, [s.decoded() for s in _samples(2)])
     decoder = tiny.adapter.layers(tiny.model)
     depth = len(decoder)
-    hooks_before = [len(d._forward_hooks) + len(d.self_attn.k_proj._forward_hooks) for d in decoder]
+    hooks_before = [len(d._forward_hooks) + len(tiny.adapter.key_module(d)._forward_hooks) for d in decoder]
     lm_head_calls = []
     handle = tiny.model.lm_head.register_forward_hook(lambda *a: lm_head_calls.append(1))
     try:
@@ -86,7 +93,7 @@ def test_early_exit_equals_full_forward(tiny, site):
     assert lm_head_calls == []
     for layer in (0, 1):
         assert torch.equal(early[key_name(layer, site)], full[key_name(layer, site)])
-    hooks_after = [len(d._forward_hooks) + len(d.self_attn.k_proj._forward_hooks) for d in decoder]
+    hooks_after = [len(d._forward_hooks) + len(tiny.adapter.key_module(d)._forward_hooks) for d in decoder]
     assert hooks_after == hooks_before, "every hook must be removed on exit"
 
 

@@ -9,6 +9,7 @@ gets past the check to the benchmark loader.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import tempfile
 import typing
@@ -19,14 +20,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from experiments import config, pipeline
-from experiments.validation import ConfigError, Each, LocalPath, Matches, Needs, OneOf, Range, Rule, rules
+from experiments import config, models, pipeline
+from experiments.models.llava import LLAVA
+from experiments.validation import Allowed, ConfigError, Each, LocalPath, Matches, Needs, OneOf, Range, Rule, rules
 
 from ..conftest import REPO
 
 RULES = rules(config.JobConfig)
 WORD = st.text(st.characters(categories=("L", "N")) | st.sampled_from("-_. "), max_size=12)
 HUB_MODEL = "llava-hf/llava-1.5-7b-hf"  # model.path that is valid whatever model.weights says
+
+
+# a family whose mask the attention analysis does not model: analysis.attention=true is invalid with it
+PREFIX_LLAVA = dataclasses.replace(LLAVA, family="prefix_llava", mask="prefix")
 
 
 class Reached(Exception):
@@ -45,6 +51,7 @@ def base() -> Any:
 
 @pytest.fixture(autouse=True)
 def loaders_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(models.ADAPTERS, PREFIX_LLAVA.family, PREFIX_LLAVA)
     def reached(*args: Any, **kwargs: Any) -> Any:
         raise Reached
 
@@ -102,6 +109,8 @@ def invalid(rule: Rule, kind: Any) -> st.SearchStrategy[Any]:
         if rule.distinct:
             bad |= st.just(["0", "0"] if kind is list else [])
         return bad
+    if isinstance(rule, Allowed):  # analysis.attention: True on a family that is not causal (`_job` picks it)
+        return st.just(True)
     assert isinstance(rule, Needs)
     return st.just({}) if kind is dict else st.none()
 
@@ -129,16 +138,20 @@ def extreme(rule: Rule, kind: Any) -> st.SearchStrategy[Any]:
         if kind is dict:
             return st.dictionaries(st.sampled_from(["early", "middle", "late"]), item, min_size=1)
         return st.lists(item, min_size=1, max_size=3, unique=rule.distinct)
+    if isinstance(rule, Allowed):  # both values on the default (causal) family
+        return st.sampled_from([False, True])
     assert isinstance(rule, Needs)
     return extreme(rule.rule, kind) if rule.rule else st.just({"hidden_size": 8})
 
 
-def _job(base: Any, name: str, value: Any) -> Any:
+def _job(base: Any, name: str, value: Any, valid: bool) -> Any:
     cfg = copy.deepcopy(base)
     OmegaConf.update(cfg, "model.path", HUB_MODEL, merge=False)
     rule = RULES[name]
     if isinstance(rule, Needs) and not value:
         OmegaConf.update(cfg, rule.when, rule.equals, merge=False)
+    if isinstance(rule, Allowed) and not valid:
+        OmegaConf.update(cfg, "model.family", PREFIX_LLAVA.family, merge=False)
     OmegaConf.update(cfg, name, value, merge=False)
     return cfg
 
@@ -154,7 +167,7 @@ def _kind(name: str) -> Any:
 def test_an_invalid_value_fails_before_anything_loads_naming_the_field(base, tmp_path, name, data):
     value = data.draw(invalid(RULES[name], _kind(name)), label=name)
     with pytest.raises(ConfigError) as error:
-        pipeline.run(_job(base, name, value), tmp_path)
+        pipeline.run(_job(base, name, value, valid=False), tmp_path)
     assert f"{name}=" in str(error.value) and "\n" not in str(error.value)
 
 
@@ -164,14 +177,14 @@ def test_an_invalid_value_fails_before_anything_loads_naming_the_field(base, tmp
 def test_a_valid_extreme_value_gets_past_the_check(base, tmp_path, name, data):
     value = data.draw(extreme(RULES[name], _kind(name)), label=name)
     with pytest.raises(Reached):
-        pipeline.run(_job(base, name, value), tmp_path)
+        pipeline.run(_job(base, name, value, valid=True), tmp_path)
 
 
 def test_every_constrained_field_of_every_group_has_a_rule():
     """The numbers and names a job cannot run without are all declared (a new field must not slip through)."""
     unchecked = {"model.name", "model.build_dir", "model.revision", "model.seed", "model.processor",
                  "model.fast_paths", "benchmark.split", "benchmark.seed", "benchmark.drop_circular", "keys.seed",
-                 "analysis.seed", "analysis.exclude_sinks", "analysis.position_control", "analysis.attention",
+                 "analysis.seed", "analysis.exclude_sinks", "analysis.position_control",
                  "metric.unbiased", "report.seed", "intervention.seed", "logger.project", "logger.entity",
                  "paths.cache_dir", "paths.models", "paths.benchmarks"}  # site paths: checked where used (model.path)
     every = set(_leaves(config.JobConfig))

@@ -4,10 +4,12 @@
 the family's `ModelAdapter` paths (decoder layers, attention module, key and query projections), hooks
 only the requested layers and records, per layer i:
 
-- `layers.{i}.k_pre`: output of the key projection (e.g. `self_attn.k_proj`; before RoPE), [B, S, kv_heads*head_dim];
+- `layers.{i}.k_pre`: output of the key projection (e.g. `self_attn.k_proj`, or the per-head `k_norm` after it
+  where the family has one; before RoPE), [B, S, kv_heads*head_dim];
 - `layers.{i}.k_post`: what enters q.k (after RoPE, M-RoPE for the Qwen-VL families), [B, S, kv_heads*head_dim],
   read from the model's own KV cache (a `DynamicCache` passed as `cache=`), so it is by construction
-  what the attention used;
+  what the attention used; the cache is built without the config, so a sliding-window layer keeps all its
+  keys instead of the last window (its attention still slides: the mask comes from the config);
 - with `queries=True` (post_rope only), `layers.{i}.q_post`: the queries that meet those keys,
   [B, S, heads*head_dim]: the query projection's output rotated with the (cos, sin) the layer received
   as `position_embeddings` (M-RoPE already composed by the model's rotary module) by the attention
@@ -59,6 +61,7 @@ class KeyCapture:
         self._handles: list[Any] = []
         self._cache: Any = None
         self._pending: dict[int, dict[str, Any]] = {}  # layer -> query projection output and (cos, sin), until rotated
+        self._seq_len = 0
 
     def __enter__(self) -> KeyCapture:
         if self.site == "pre_rope":
@@ -90,8 +93,9 @@ class KeyCapture:
         from transformers import DynamicCache
 
         self.keys, self._pending = {}, {}
+        self._seq_len = int(inputs["input_ids"].shape[1])
         post_rope = self.site == "post_rope"
-        self._cache = DynamicCache(config=self.model.config.get_text_config()) if post_rope else None
+        self._cache = DynamicCache() if post_rope else None  # full layers only: see the module docstring
         try:
             with torch.inference_mode():
                 self.model(**inputs, cache=self._cache, use_cache=post_rope)
@@ -109,6 +113,8 @@ class KeyCapture:
         layer = self._cache.layers[i]
         if i in self.layers:
             assert layer.keys is not None, f"layer {i} ran but left no keys in the cache"
+            cached = layer.keys.shape[2]
+            assert cached == self._seq_len, f"layer {i} cached {cached} of {self._seq_len} keys"
             self._store(f"layers.{i}.k_post", layer.keys.transpose(1, 2).flatten(2))  # [B, S, kv_heads*head_dim]
             if self.queries:
                 self._store(query_name(i), self._rotated_queries(i))
@@ -129,13 +135,14 @@ class KeyCapture:
             raise NotImplementedError(f"{type(attention).__name__}: no apply_rotary_pos_emb in its module, so the "
                                       "captured queries cannot be rotated as the model rotates them")
         q = pending["q"]
-        q = q.view(*q.shape[:-1], -1, attention.head_dim).transpose(1, 2)  # [B, heads, S, head_dim]
+        q = q.flatten(2).unflatten(-1, (-1, attention.head_dim)).transpose(1, 2)  # [B, heads, S, head_dim]
         cos, sin = pending["rope"]
         q_post, _ = rotate(q, q[:, :1], cos, sin)
         return q_post.transpose(1, 2).flatten(2)
 
     def _store(self, name: str, keys: torch.Tensor) -> None:
-        self.keys[name] = keys.detach().to(dtype=self.dtype)  # stays on the model's device
+        """Keep [B, S, heads*head_dim] (a per-head norm's [B, S, heads, head_dim] flattened), on the model's device."""
+        self.keys[name] = keys.detach().flatten(2).to(dtype=self.dtype)
 
     def _stop(self, *_: object) -> None:
         raise _StopForward

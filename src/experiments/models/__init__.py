@@ -83,6 +83,15 @@ def get_adapter(family: str) -> ModelAdapter:
     return ADAPTERS[family]
 
 
+def attention_problem(attention: bool, job: Any) -> str | None:
+    """Why `analysis.attention` cannot run on the job's model family (its decoder is not causal), or None."""
+    adapter = ADAPTERS.get(job.model.family)
+    if not attention or adapter is None or adapter.mask == "causal":
+        return None
+    return (f"model.family={adapter.family} attends with a {adapter.mask} mask, which the recomputed causal "
+            "attention does not model; use analysis.attention=false")
+
+
 def resolve_device(device: str) -> str:
     import torch
 

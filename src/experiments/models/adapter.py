@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 
 POSITIONS = ("rope", "mrope", "other")  # 1-D RoPE | multimodal RoPE (t/h/w sections) | anything else
+# causal | image tokens also attend to later tokens of their own image | the prefix (images + prompt) attends both ways
+MASKS = ("causal", "bidirectional_image", "prefix")
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,15 @@ class ModelAdapter:
         decoder_layers: attribute path from the model to its text decoder's `nn.ModuleList`.
         attention: attribute path from one decoder layer to its attention module (whose forward
             receives `position_embeddings` and writes the KV cache).
-        key_projection: attribute path from the attention module to its key projection (pre-RoPE keys).
-        query_projection: attribute path from the attention module to its query projection.
+        key_projection: attribute path from the attention module to the module whose output is the pre-RoPE
+            keys: the key projection, or the per-head key norm after it where the family has one (`k_norm`).
+        query_projection: the same for the queries (`q_proj`, or `q_norm`).
         image_token: field of `model.config` holding the id of the image placeholder token; image tokens
             are the positions holding that id.
         positions: positional scheme of the decoder, one of `POSITIONS`; queries can be captured after
             RoPE only for "rope" and "mrope".
+        mask: the decoder's attention pattern over a prompt, one of `MASKS`; the attention analysis, which
+            recomputes causal attention, runs only on "causal" families.
         fast_paths: `model -> None` functions that swap slow modules for exact faster ones
             (`model.fast_paths=false` turns them off); each has a CPU test of exactness.
     """
@@ -61,11 +66,14 @@ class ModelAdapter:
     query_projection: str
     image_token: str
     positions: str
+    mask: str = "causal"
     fast_paths: tuple[Callable[[Any], Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
             raise ValueError(f"adapter {self.family!r}: positions={self.positions!r} is not one of {list(POSITIONS)}")
+        if self.mask not in MASKS:
+            raise ValueError(f"adapter {self.family!r}: mask={self.mask!r} is not one of {list(MASKS)}")
 
     def layers(self, model: Any) -> Any:
         """The text decoder layers (`nn.ModuleList`); never the vision tower's layers."""
@@ -76,11 +84,11 @@ class ModelAdapter:
         return attrgetter(self.attention)(layer)
 
     def key_module(self, layer: Any) -> Any:
-        """The key projection (`Linear`, output [.., kv_heads*head_dim]) of one decoder layer."""
+        """The module whose output is the pre-RoPE keys ([.., kv_heads*head_dim] or [.., kv_heads, head_dim])."""
         return attrgetter(self.key_projection)(self.attention_module(layer))
 
     def query_module(self, layer: Any) -> Any:
-        """The query projection (`Linear`, output [.., heads*head_dim]) of one decoder layer."""
+        """The module whose output is the pre-RoPE queries ([.., heads*head_dim] or [.., heads, head_dim])."""
         return attrgetter(self.query_projection)(self.attention_module(layer))
 
     def image_token_id(self, model: Any) -> int:

@@ -13,7 +13,9 @@ import json
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import cache, partial
 from pathlib import Path
 from typing import cast
 
@@ -39,7 +41,7 @@ from experiments.metrics.splits import (
     sink_tokens,
     text_sides,
 )
-from experiments.models import decoder_depth, load_model, resolve_device
+from experiments.models import LoadedModel, decoder_depth, load_model, resolve_device
 from experiments.report.attention_figures import attention_figures, has_attention
 from experiments.report.schema import results_frame
 from experiments.store import KeyStore, TokenIndex, cache_descriptor, store_dtype
@@ -83,7 +85,8 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[s
              [(s.label, s.index) for s in layers], job.keys.site)
     seconds["samples"], tick = time.time() - tick, time.time()
     store = KeyStore(job.paths.cache_dir, cache_descriptor(job), len(samples))
-    extract_missing(job, store, samples, [s.index for s in layers])
+    model = cache(partial(load_model, job.model))  # loaded on first need, once for every stage of the job
+    extract_missing(job, store, samples, [s.index for s in layers], model)
     index = store.index()
     seconds["extract"], tick = time.time() - tick, time.time()
 
@@ -101,11 +104,12 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[s
             results = fresh_results
             if job.analysis.attention:  # queries beside keys, attention per layer x head (experiments.attention)
                 tick = time.time()
-                results = pd.concat([results, attention_results(job, samples, layers)], ignore_index=True)
+                results = pd.concat([results, attention_results(job, samples, layers, model())],
+                                    ignore_index=True)
                 seconds["attention"] = time.time() - tick
             if job.intervention.name != "none":  # image keys changed in the forward (experiments.interventions)
                 tick = time.time()
-                rows, per_sample, statistics = intervention_results(job, samples, layers)
+                rows, per_sample, statistics = intervention_results(job, samples, layers, model())
                 results = pd.concat([results, rows], ignore_index=True)
                 report.write_parquet(per_sample, out / "intervention.parquet", {"stamp": stamp})
                 atomic_write(out / "intervention_statistics.pt", lambda p: torch.save(statistics, p))
@@ -175,10 +179,13 @@ def _token_stats(index: TokenIndex) -> dict[str, dict[str, float]]:
             for name, column in (("image", counts[:, 0]), ("text", counts[:, 1]))}
 
 
-def extract_missing(job: JobConfig, store: KeyStore, samples: list, layers: list[int]) -> None:
+def extract_missing(job: JobConfig, store: KeyStore, samples: list, layers: list[int],
+                    model: Callable[[], LoadedModel] | None = None) -> None:
     """Extract (under the entry's lock) only the (shard, layer) files of `layers` that the cache lacks.
 
-    Public so that a notebook (`experiments.api.extract`) fills the same cache entry as a job would.
+    `model` gives the loaded model when extraction needs one (default: `load_model(job.model)`), so a job
+    whose keys are all cached loads no model, and one that loads it shares it with its later stages. Public
+    so that a notebook (`experiments.api.extract`) fills the same cache entry as a job would.
     """
     with store.lock(job.paths.cache_lock, job.paths.cache_lock_stale_s):
         store.remove_partial_files()
@@ -190,7 +197,7 @@ def extract_missing(job: JobConfig, store: KeyStore, samples: list, layers: list
         lacking = sorted({layer for gap in missing.values() for layer in gap})
         log.info("key cache: extracting %d of %d shards into %s (layers %s)", len(missing), store.n_shards,
                  store.dir, lacking)
-        loaded = load_model(job.model)
+        loaded = model() if model else load_model(job.model)
         dtype = getattr(torch, store_dtype(job))
         for shard, gap in tqdm(missing.items(), desc="key shards", unit="shard"):
             numbers = store.shard_samples(shard)

@@ -178,8 +178,8 @@ def test_option_likelihood_accuracy_equals_manual_argmax_on_real_rows(family, ca
                 "metric.n_bootstrap=50"])
         job = OmegaConf.to_object(cfg)
         layers = resolve_layers(job.layer.positions, job.layer.fractions, decoder_depth(job.model))
-        rows, table, stored = intervention_results(job, samples, layers)
         loaded = load_model(job.model)
+        rows, table, stored = intervention_results(job, samples, layers, loaded)
         tokenizer = loaded.processor.tokenizer
         answers = table[table["measure"] == "answer"].set_index("sample_id")
         held_out = [s for s in samples if s.id in set(stored["held_out_samples"])]

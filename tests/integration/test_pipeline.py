@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments.config import register_configs
+from experiments.models import load_model
 from experiments.pipeline import run
 from experiments.report.schema import RESULT_COLUMNS
 from experiments.report.tables import read_metadata
@@ -63,6 +64,21 @@ def test_job_writes_results_and_rerun_reuses_cache(tmp_path, cache_dir, model, c
         run(cfg, tmp_path / "second")
     assert "key cache hit" in caplog.text
     pd.testing.assert_frame_equal(results, pd.read_parquet(tmp_path / "second" / "results.parquet"))
+
+
+def test_one_job_loads_its_model_once_for_every_stage(tmp_path, monkeypatch):
+    """Extraction, the attention stage and the intervention stage share one loaded model (minutes for a 7B)."""
+    import experiments.models as models
+    import experiments.pipeline as pipeline
+
+    loads = []
+    for module in (pipeline, models):  # every way a stage could reach it
+        monkeypatch.setattr(module, "load_model", lambda cfg: loads.append(cfg) or load_model(cfg))
+    run(_cfg(tmp_path / "cache", ["logger=none", "analysis.attention=true", "analysis.attention_samples=2",
+                                  "intervention=mean_shift", "intervention.max_samples=4"]), tmp_path / "job")
+    assert len(loads) == 1
+    results = pd.read_parquet(tmp_path / "job" / "results.parquet")
+    assert {"attn_image_share", "key_mmd2"} <= set(results["metric"])
 
 
 def test_killed_extraction_resumes_from_finished_shards(tmp_path, cache_dir, monkeypatch, caplog):

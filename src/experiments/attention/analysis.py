@@ -1,11 +1,11 @@
 """The attention stage: does attention follow the keys? Result rows per layer and head.
 
-Contract. `attention_results(job, samples, layers)` draws `analysis.attention_samples` samples (seeded by
-`analysis.seed`), runs each alone (batch 1, no padding) through the model with its configured attention
-kernel, capturing post-RoPE queries and keys at the job's layers only (`KeyCapture(queries=True)`, early
-exit after the deepest), and reduces each layer in chunks (`scores.sample_statistics`). Text tokens are
-every non-image token. Sink keys, per sample and layer: position 0 and keys whose norm exceeds
-`analysis.sink_norm_factor` x the sample's median key norm (`metrics.splits.sink_tokens`).
+Contract. `attention_results(job, samples, layers, loaded)` (`loaded`: the job's model, loaded once per job) draws
+`analysis.attention_samples` samples (seeded by `analysis.seed`), runs each alone (batch 1, no padding) through the
+model with its configured attention kernel, capturing post-RoPE queries and keys at the job's layers only
+(`KeyCapture(queries=True)`, early exit after the deepest), and reduces each layer in chunks
+(`scores.sample_statistics`). Text tokens are every non-image token. Sink keys, per sample and layer: position 0 and
+keys whose norm exceeds `analysis.sink_norm_factor` x the sample's median key norm (`metrics.splits.sink_tokens`).
 
 Rows (the results schema, `head` the query head, or the KV head for `mmd2_head`; `ATTENTION_METRICS`):
 per (layer, head, query set) `attn_image_share`, `attn_utilization`, and for text queries `logit_gap`,
@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,15 +36,19 @@ from experiments.keys.capture import KeyCapture, key_name, query_name
 from experiments.keys.layers import LayerSpec
 from experiments.metrics.splits import parse_bandwidth, sink_tokens
 
+if TYPE_CHECKING:
+    from experiments.models import LoadedModel
+
 log = logging.getLogger(__name__)
 
 QUERY_SETS = ("text_queries", "last_token")  # the comparison column of attention rows; + _no_sinks
 NO_SINKS = "_no_sinks"
 
 
-def attention_results(job: JobConfig, samples: list[Sample], layers: list[LayerSpec]) -> pd.DataFrame:
-    """Attention rows of the job (module docstring); columns as `report.schema.RESULT_COLUMNS`."""
-    from experiments.models import load_model
+def attention_results(job: JobConfig, samples: list[Sample], layers: list[LayerSpec],
+                      loaded: LoadedModel) -> pd.DataFrame:
+    """Attention rows of the job (module docstring) from the job's loaded model; columns as
+    `report.schema.RESULT_COLUMNS`."""
     from experiments.report.schema import results_frame
 
     cfg = job.analysis
@@ -53,7 +57,6 @@ def attention_results(job: JobConfig, samples: list[Sample], layers: list[LayerS
                          f"analysis.attention_chunk_mib={cfg.attention_chunk_mib} > 0")
     rng = np.random.default_rng(cfg.seed)
     chosen = np.sort(rng.choice(len(samples), min(len(samples), cfg.attention_samples), replace=False))
-    loaded = load_model(job.model)
     model, adapter = loaded.model, loaded.adapter
     decoder = adapter.layers(model)
     for spec in layers:

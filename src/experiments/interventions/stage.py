@@ -1,6 +1,7 @@
 """The intervention stage: fit on calibration samples, intervene on held-out ones, measure against the unmodified model.
 
-Contract. `intervention_results(job, samples, layers)` (pipeline, `intervention.name != none`):
+Contract. `intervention_results(job, samples, layers, loaded)` (pipeline, `intervention.name != none`; `loaded`: the
+job's model, loaded once per job):
 
 1. Split the samples (seeded by `intervention.seed`) into calibration (`calibration_fraction`) and held-out
    parts, each capped at `max_samples`. Layers: `intervention.layers`, else the job's layers.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,9 @@ from experiments.interventions.hooks import Intervene
 from experiments.interventions.measure import image_share, pick_rows
 from experiments.interventions.transforms import KeyMap, KeyStatistics, Moments, key_map, statistics_of
 from experiments.keys.layers import LayerSpec, resolve_layers
+
+if TYPE_CHECKING:
+    from experiments.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +66,14 @@ def intervention_layers(job: JobConfig, layers: list[LayerSpec]) -> list[LayerSp
     return resolve_layers(job.intervention.layers, job.layer.fractions, decoder_depth(job.model))
 
 
-def intervention_results(job: JobConfig, samples: list[Sample], layers: list[LayerSpec]
+def intervention_results(job: JobConfig, samples: list[Sample], layers: list[LayerSpec], loaded: LoadedModel
                          ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Rows, per-sample table and statistics of the job's intervention (module docstring)."""
-    from experiments.models import load_model
-
+    """Rows, per-sample table and statistics of the job's intervention (module docstring), from the job's
+    loaded model."""
     cfg = job.intervention
     specs = intervention_layers(job, layers)
     indices = [s.index for s in specs]
     calibration, held_out = split_samples(len(samples), cfg.calibration_fraction, cfg.max_samples, cfg.seed)
-    loaded = load_model(job.model)
     model, adapter = loaded.model, loaded.adapter
     attention = {i: adapter.attention_module(adapter.layers(model)[i]) for i in indices}
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype

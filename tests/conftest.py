@@ -12,7 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["tiny_llava", "tiny_qwen", "tiny_llava_next", "tiny_qwen2_vl"]
+TINY = ["tiny_llava", "tiny_qwen", "tiny_llava_next", "tiny_qwen2_vl", "tiny_idefics3",
+        "tiny_qwen3_vl", "tiny_llava_onevision", "tiny_gemma3",
+        "tiny_paligemma", "tiny_internvl", "tiny_mistral3"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

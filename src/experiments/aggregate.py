@@ -17,7 +17,9 @@ a folder (e.g. a SLURM job that never started). It writes into `sweep_dir`:
                             and sample_ci_low / sample_ci_high, the medians over the rows of each value's
                             sample-bootstrap interval (results ci_low / ci_high: whole samples resampled,
                             the uncertainty about the population; NaN where the rows have none)
-    figure1_tsne.png/.pdf   rows = models, columns = benchmark x layer, from the jobs' embedding.parquet
+    figure1_tsne.png/.pdf   rows = models, columns = benchmark x layer (2 x 6 for the paper's 2 models, 2
+                            benchmarks, 3 layers), each panel marked with its decoder-layer index, from the jobs'
+                            embedding.parquet
     figure2_boxplots.png/.pdf  per model, image_vs_text against the two intra-modal controls, pooled over
                             layers and benchmarks, one panel per metric (and kernel)
     figure3_depth_profile.png/.pdf  per model x benchmark (x varying key_site / override) and metric, the
@@ -124,7 +126,9 @@ def aggregate(sweep_dir: str | Path, seed: int = 0) -> Path:
     title = f"sweep {sweep.name}: {len(completed)} completed job{'s' if len(completed) > 1 else ''}"
     written = [summary_path]
     if len(embedding):
-        written += sweep_figures.tsne_grid(embedding, sweep / "figure1_tsne", title)
+        indices = results.dropna(subset=["layer_index"]).drop_duplicates(["model", "layer"])
+        indices = indices.set_index(["model", "layer"])["layer_index"].astype(int).to_dict()
+        written += sweep_figures.tsne_grid(embedding, sweep / "figure1_tsne", title, indices)
     written += sweep_figures.comparison_boxplots(results, sweep / "figure2_boxplots", title)
     by = ["model", "benchmark", *[c for c in ["key_site", *varying] if results[c].nunique() > 1]]
     profiles = sweep_figures.depth_profiles(results, sweep / "figure3_depth_profile", title, by)

@@ -206,7 +206,7 @@ def _from_cache(job: JobConfig, indices: list[int], meta: dict) -> KeySet:
     from experiments.store import KeyStore, cache_descriptor
 
     data = load_samples(job.benchmark)
-    store = KeyStore(job.paths.cache_dir, cache_descriptor(job), len(data.samples))
+    store = KeyStore(job.paths.cache_dir, cache_descriptor(job, data.commit), len(data.samples))
     extract_missing(job, store, data.samples, indices)
     index = store.index()
     every = np.arange(len(index.is_image))

@@ -21,7 +21,8 @@ DTYPE = OneOf(("auto",), registry="experiments.models:DTYPES")
 @dataclass
 class ModelConfig:
     name: str = "???"  # short name written into every results row (tiny_llava, llava, ...)
-    # adapter registry key: llava | llava_next | qwen2_5_vl | qwen2_vl | any family added by register_adapter
+    # adapter registry key: llava | llava_next | qwen2_5_vl | qwen2_vl | idefics3 | qwen3_vl | llava_onevision
+    # | gemma3 | paligemma | internvl | mistral3 | any family added by register_adapter
     family: str = checked("???", OneOf(registry="experiments.models:ADAPTERS"))
     # pretrained: load `path` | random: build `architecture` with random weights
     weights: str = checked("pretrained", OneOf(registry="experiments.models:WEIGHTS"))
@@ -49,10 +50,13 @@ class ModelConfig:
 
 @dataclass
 class BenchmarkConfig:
-    # short name written into every results row (synthetic, mmbench_cn, mmmu)
+    # short name written into every results row (synthetic, mmbench_cn, mmbench_en, mmmu)
     name: str = checked("???", OneOf(registry="experiments.benchmarks:LOADERS"))
     # hub id or local file/folder of a real benchmark; unused by synthetic
     path: str | None = checked(None, LocalPath(hub=True))
+    # hub branch, tag or commit of a hub dataset `path`; None = the default branch. The key cache hashes the commit
+    # it resolves to, so a dataset updated on the hub gets new keys; unused for local files and synthetic
+    revision: str | None = None
     split: str = "dev"  # benchmark split (MMBench: dev | test; MMMU: dev | validation | test)
     # MMMU subjects; None = all 30
     subjects: list[str] | None = checked(None, Each(OneOf(registry="experiments.benchmarks.mmmu:SUBJECTS")))

@@ -84,7 +84,7 @@ def _run(job: JobConfig, out: Path, resolved: dict, group: str | None) -> dict[s
     log.info("%s on %s: %d samples, layers %s, key site %s", job.model.name, job.benchmark.name, len(samples),
              [(s.label, s.index) for s in layers], job.keys.site)
     seconds["samples"], tick = time.time() - tick, time.time()
-    store = KeyStore(job.paths.cache_dir, cache_descriptor(job), len(samples))
+    store = KeyStore(job.paths.cache_dir, cache_descriptor(job, data.commit), len(samples))
     model = cache(partial(load_model, job.model))  # loaded on first need, once for every stage of the job
     extract_missing(job, store, samples, [s.index for s in layers], model)
     index = store.index()

@@ -5,7 +5,8 @@ No machine here reaches the real hub, so `fixtures/local_hub.py` serves the repo
 published dataset layouts) and every run is a subprocess with `HF_ENDPOINT` pointing at it and an empty
 `HF_HOME`. Checked: the users' command as written (test-local dirs, `logger=none` and `benchmark.limit` aside)
 runs and aggregates, fetching only the benchmark files the jobs need; the same command with `HF_HUB_OFFLINE=1`
-runs from the hub cache alone and extracts the same keys; `model.revision` pins the checkpoint; a missing
+runs from the hub cache alone and extracts the same keys; MMBench-EN fetches only its language's split, from
+its own copy or from the multi-language one; `model.revision` pins the checkpoint; a missing
 repository, a missing file and a gated repository each end in one line saying what to do, no traceback.
 """
 
@@ -26,8 +27,9 @@ from ..fixtures import hub_repos
 from ..fixtures.local_hub import RESOLVE, LocalHub
 
 LLAVA, QWEN = "llava-hf/llava-1.5-7b-hf", "Qwen/Qwen2.5-VL-7B-Instruct"
-MMBENCH, MMMU = "lmms-lab/MMBench_CN", "MMMU/MMMU"
+MMBENCH, MMBENCH_EN, MMMU = "lmms-lab/MMBench_CN", "lmms-lab/MMBench_EN", "MMMU/MMMU"
 GATED_MODEL, GATED_DATASET = "gated-org/llava-1.5-7b-hf", "gated-org/MMBench_CN"
+MOVING = "keyspace-test/MMBench_moving"  # an MMBench-CN copy whose main moved on from tag v0 (the English rows)
 SUBJECTS = ("Accounting", "Economics", "Finance")  # the MMMU subjects served (real shards)
 OLD_DEPTH = 3  # decoder layers of the older LLaVA revision (the served main has 4)
 
@@ -53,10 +55,15 @@ def hub(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     served.add(LLAVA, {path: data for path, data in llava.items() if not path.startswith("model")}, ref="no-weights")
     served.add(GATED_MODEL, llava, gated=True)
     served.add(QWEN, hub_repos.qwen_files(_build("tiny_qwen", cache_dir)))
-    mmbench = hub_repos.mmbench_cn_files(tmp_path_factory.mktemp("mmbench"))
+    workdir = tmp_path_factory.mktemp("mmbench")
+    mmbench = hub_repos.mmbench_files(workdir, MMBENCH)
     served.add(MMBENCH, mmbench, repo_type="dataset")
     served.add(GATED_DATASET, mmbench, repo_type="dataset", gated=True)
+    for repo in (MMBENCH_EN, hub_repos.MMBENCH_ALL):
+        served.add(repo, hub_repos.mmbench_files(workdir, repo), repo_type="dataset")
     served.add(MMMU, hub_repos.mmmu_files(), repo_type="dataset")
+    served.add(MOVING, hub_repos.mmbench_files(workdir, MMBENCH_EN), repo_type="dataset", ref="v0")
+    served.add(MOVING, mmbench, repo_type="dataset")
     yield served.start()
     served.stop()
 
@@ -89,7 +96,7 @@ def test_users_sweep_runs_from_the_hub_then_offline_from_its_cache(hub, tmp_path
         assert (tmp_path / "online" / name).stat().st_size > 1000, name
     assert "4 completed, 0 failed" in online.stdout
 
-    assert hub.downloads(MMBENCH) == [hub_repos.MMBENCH_FILES["dev"]]  # not the test split, not the card
+    assert hub.downloads(MMBENCH) == [hub_repos.MMBENCH_FILES[MMBENCH]["dev"]]  # not the test split, not the card
     assert sorted(hub.downloads(MMMU)) == [f"{s}/validation-00000-of-00001.parquet" for s in SUBJECTS]
     for repo, shards in ((LLAVA, 3), (QWEN, 5)):
         fetched = hub.downloads(repo)
@@ -108,6 +115,83 @@ def test_users_sweep_runs_from_the_hub_then_offline_from_its_cache(hub, tmp_path
     online_keys, offline_keys = _keys(tmp_path / "online-keys"), _keys(tmp_path / "offline-keys")
     assert len(online_keys) == 4 * 3 * 2 and online_keys.keys() == offline_keys.keys()  # jobs x layers x (keys, norms)
     assert all(online_keys[k].equal(offline_keys[k]) for k in online_keys)  # same checkpoints, same keys
+
+
+# Loads the samples of `<overrides>` as a job does (argv: conf dir, overrides); prints their ids and first prompt.
+SAMPLES_PROBE = """
+import json, sys
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from experiments.benchmarks import load_samples
+from experiments.config import register_configs
+register_configs()
+with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
+    cfg = OmegaConf.to_object(compose("config", overrides=sys.argv[2:])).benchmark
+samples = load_samples(cfg).samples
+print(json.dumps({"ids": [s.id for s in samples], "prompt": samples[0].text}))
+"""
+
+
+@pytest.mark.parametrize(("path", "fetched"), [
+    (None, [hub_repos.MMBENCH_FILES[MMBENCH_EN]["dev"]]),
+    (hub_repos.MMBENCH_ALL, ["en/dev-00000-of-00001.parquet"]),
+], ids=["MMBench_EN", "MMBench-en"])
+def test_mmbench_en_fetches_only_the_english_dev_split(hub, tmp_path, path, fetched):
+    repo = path or MMBENCH_EN
+    before = len(hub.downloads(repo))
+    overrides = ["benchmark=mmbench_en", "benchmark.limit=3", *([f"benchmark.path={path}"] if path else [])]
+    done = subprocess.run([sys.executable, "-c", SAMPLES_PROBE, str(REPO / "conf"), *overrides], cwd=REPO,
+                          env=hub.env(HF_HOME=str(tmp_path / "hf")), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(loaded["ids"]) == 3 and loaded["prompt"].startswith(("Question: ", "Hint: "))
+    assert loaded["prompt"].isascii()  # the English rows, not the Chinese ones beside them in lmms-lab/MMBench
+    assert hub.downloads(repo)[before:] == fetched  # not the test split, not the other language, not the card
+
+
+# The samples of `<overrides>` as a job loads them, the dataset commit they came from and the key-cache entry.
+DATA_PROBE = """
+import json, sys
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from experiments.benchmarks import load_samples
+from experiments.config import register_configs
+from experiments.store import cache_descriptor, entry_name
+register_configs()
+with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
+    job = OmegaConf.to_object(compose("config", overrides=sys.argv[2:]))
+data = load_samples(job.benchmark)
+print(json.dumps({"prompt": data.samples[0].text, "commit": data.commit,
+                  "entry": entry_name(cache_descriptor(job, data.commit))}))
+"""
+
+
+def test_benchmark_revision_pins_the_dataset_and_the_cache_key_holds_its_commit(hub, tmp_path):
+    """`benchmark.revision` reads that commit only; the key cache hashes the commit the revision resolves to, so
+    the default branch and its head pinned share an entry and an older commit (other rows) gets its own."""
+    env = hub.env(HF_HOME=str(tmp_path / "hf"))
+    refs = hub.repos[("dataset", MOVING)].refs
+
+    def probe(*overrides: str, path: str = MOVING) -> dict[str, str]:
+        done = subprocess.run([sys.executable, "-c", DATA_PROBE, str(REPO / "conf"), "benchmark=mmbench_cn",
+                               f"benchmark.path={path}", "benchmark.limit=2", *overrides], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    before = len(hub.requests)
+    old = probe("benchmark.revision=v0")
+    revisions = {m.group(3) for _, path in hub.requests[before:] if (m := RESOLVE.match(path))}
+    assert revisions == {refs["v0"]} and old["commit"] == refs["v0"]
+    assert old["prompt"].isascii()  # v0 held the English rows
+    main, pinned = probe(), probe(f"benchmark.revision={refs['main']}")
+    assert main["commit"] == pinned["commit"] == refs["main"] and not main["prompt"].isascii()
+    assert main["entry"] == pinned["entry"] != old["entry"]
+    local = tmp_path / "MMBench_CN"  # a local copy of main: no commit to hash
+    for name, content in hub.repos[("dataset", MOVING)].commits[refs["main"]].items():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(content)
+    assert probe(path=str(local))["commit"] is None
 
 
 # Loads the checkpoint of `model=llava <overrides>` as a job does (argv: conf dir, overrides); prints its depth.
@@ -146,7 +230,7 @@ from experiments.store import cache_descriptor, entry_name
 register_configs()
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
     job = OmegaConf.to_object(compose("config", overrides=sys.argv[2:]))
-print(entry_name(cache_descriptor(job)))
+print(entry_name(cache_descriptor(job, None)))
 """
 
 

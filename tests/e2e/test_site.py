@@ -50,9 +50,10 @@ def test_the_site_file_is_git_ignored_and_its_example_is_not():
 
 def test_listed_names_take_the_site_path_others_keep_the_hub_and_the_command_line_wins(tmp_path):
     site = _site(tmp_path, {"llava": str(tmp_path / "llava"), "qwen": str(tmp_path / "qwen")},
-                 {"mmmu": str(tmp_path / "MMMU")})
+                 {"mmmu": str(tmp_path / "MMMU"), "mmbench_en": str(tmp_path / "MMBench_DEV_EN.tsv")})
     for model, benchmark, expected in (("llava", "mmmu", (tmp_path / "llava", tmp_path / "MMMU")),
                                        ("qwen", "mmbench_cn", (tmp_path / "qwen", "lmms-lab/MMBench_CN")),
+                                       ("qwen", "mmbench_en", (tmp_path / "qwen", tmp_path / "MMBench_DEV_EN.tsv")),
                                        ("llava_next", "mmmu", ("llava-hf/llava-v1.6-vicuna-7b-hf", tmp_path / "MMMU"))):
         job = _compose(site, [f"model={model}", f"benchmark={benchmark}"])
         assert (job.model.path, job.benchmark.path) == tuple(map(str, expected))
@@ -89,4 +90,35 @@ def test_users_sweep_runs_on_local_copies_as_written(tmp_path, cache_dir):
         assert f"loading {model} from {folders[model]} " in (sweep / str(n) / "launch.log").read_text()
     summary = pd.read_csv(sweep / "summary.csv")
     assert summary.groupby("model")[["benchmark", "layer"]].apply(lambda g: len(g.drop_duplicates())).tolist() == [6, 6]
-    assert (sweep / "figure1_tsne.png").stat().st_size > 10_000  # 2 models x (2 benchmarks x 3 layers)
+    _check_figure1(sweep, results)
+
+
+def _check_figure1(sweep: Path, results: pd.DataFrame) -> None:
+    """Figure 1 is the paper's 2 x 6 grid: rows llava, qwen; columns (mmbench_cn, mmmu) x (early, middle, late).
+
+    The saved PNG's panels are found from its pixels (each holds image and text points); the Figure drawn again
+    from the jobs' embeddings has the same size and labels each row, column and decoder-layer index.
+    """
+    from PIL import Image
+
+    from experiments.report import sweep_figures
+    from experiments.report.figures import PALETTE
+
+    from ..fixtures.figures import axes_grid, colour_pixels, grid_shape, panel_boxes
+
+    png = sweep / "figure1_tsne.png"
+    boxes = panel_boxes(png)
+    assert grid_shape(boxes) == (2, 6)
+    assert all(colour_pixels(png, box, PALETTE[m], 0.7) > 0 for box in boxes for m in ("image", "text"))
+    embedding = pd.concat([pd.read_parquet(sweep / str(n) / "embedding.parquet") for n in range(4)])
+    indices = results.drop_duplicates(["model", "layer"]).set_index(["model", "layer"])["layer_index"].to_dict()
+    fig = sweep_figures.tsne_figure(embedding, f"sweep {sweep.name}: 4 completed jobs", indices)
+    with Image.open(png) as image:
+        assert image.size == tuple(round(150 * side) for side in fig.get_size_inches())  # saved at 150 dpi
+    grid = axes_grid(fig)
+    columns = [(b, layer) for b in ("mmbench_cn", "mmmu") for layer in ("early", "middle", "late")]
+    assert sorted(grid) == [(r, c) for r in range(2) for c in range(6)]
+    assert [grid[0, c].get_title() for c in range(6)] == [f"{b} · {layer}" for b, layer in columns]
+    assert [grid[r, 0].get_ylabel() for r in range(2)] == ["llava", "qwen"]
+    tiny = {"early": 0, "middle": 2, "late": 3}  # the tiny models' 4 decoder layers (README, Layers)
+    assert all([t.get_text() for t in grid[r, c].texts] == [f"layer {tiny[columns[c][1]]}"] for r, c in grid)

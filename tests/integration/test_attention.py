@@ -22,6 +22,7 @@ from experiments.keys.capture import KeyCapture, key_name, query_name
 from experiments.models import get_adapter
 
 from ..conftest import TINY, tiny_model_config
+from .test_keys import _layer_input
 
 LAYERS = [0, 2, 3]
 TOLERANCE = 1e-5
@@ -71,7 +72,8 @@ def _split(run, layer):
 
 def _positions(run) -> torch.Tensor:
     """[3, S] M-RoPE positions (t, h, w) written out for one image: text counts up; the image's merged grid
-    takes t = start, h = start + row, w = start + column; text resumes at 1 + the largest position so far.
+    takes t = start, h = start + row, w = start + column; text resumes at 1 + the largest position so far
+    (Qwen2-VL, Qwen2.5-VL and Qwen3-VL alike for an image: Qwen3-VL's timestamps only mark video frames).
     [1, S] arange for the LLaVA families."""
     ids = run["inputs"]["input_ids"][0]
     if run["positions"] != "mrope":
@@ -101,7 +103,16 @@ def _rotary(run, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     assert rope["rope_type"] == "default"
     inv_freq = 1.0 / (rope["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     freqs = _positions(run).double()[..., None] * inv_freq  # [axes, S, head_dim / 2]
-    if run["positions"] == "mrope":  # section i of the frequencies rotates by axis i % 3 (t, h, w)
+    if run["positions"] == "mrope" and rope.get("mrope_interleaved"):
+        # Qwen3-VL's interleaved M-RoPE: frequency j rotates by h if j % 3 == 1 and w if j % 3 == 2, within
+        # 3 x that axis's section; every other frequency by t ([THW THW ... TT], sections (t, h, w))
+        _, h, w = rope["mrope_section"]
+        j = torch.arange(freqs.shape[-1])
+        axis = torch.zeros_like(j)
+        axis[(j % 3 == 1) & (j < 3 * h)] = 1
+        axis[(j % 3 == 2) & (j < 3 * w)] = 2
+        freqs = freqs.permute(0, 2, 1)[axis, j].T[None]
+    elif run["positions"] == "mrope":  # section i of the frequencies rotates by axis i % 3 (t, h, w)
         sections = freqs.split(list(rope["mrope_section"]), dim=-1)
         freqs = torch.cat([part[i % 3] for i, part in enumerate(sections)], dim=-1)[None]
     angles = torch.cat([freqs[0], freqs[0]], dim=-1)
@@ -114,8 +125,8 @@ def test_captured_queries_equal_recomputation_from_hidden_states(run):
         block = run["decoder"][layer]
         attention = block.self_attn
         with torch.inference_mode():
-            q = attention.q_proj(block.input_layernorm(run["out"].hidden_states[layer][0]))
-            q = q.unflatten(-1, (-1, attention.head_dim))  # [S, heads, head_dim]
+            h = _layer_input(run["loaded"], run["inputs"], run["out"].hidden_states, layer)[0]
+            q = attention.q_proj(block.input_layernorm(h)).unflatten(-1, (-1, attention.head_dim))  # [S, heads, d]
             if hasattr(attention, "q_norm"):  # Gemma 3, Qwen3-VL: a per-head norm before RoPE
                 q = attention.q_norm(q)
         q = q.double()
@@ -192,8 +203,11 @@ def _brute_force_gap(run, layer, is_image, is_sink) -> np.ndarray:
     block = run["decoder"][layer]
     attention = block.self_attn
     with torch.inference_mode():
-        q = attention.q_proj(block.input_layernorm(run["out"].hidden_states[layer][0]))
-    q = q.double().unflatten(-1, (-1, attention.head_dim))
+        h = _layer_input(run["loaded"], run["inputs"], run["out"].hidden_states, layer)[0]
+        q = attention.q_proj(block.input_layernorm(h)).unflatten(-1, (-1, attention.head_dim))
+        if hasattr(attention, "q_norm"):
+            q = attention.q_norm(q)
+    q = q.double()
     cos, sin = (t[:, None] for t in _rotary(run, attention.head_dim))
     half = attention.head_dim // 2
     q = (q * cos + torch.cat([-q[..., half:], q[..., :half]], dim=-1) * sin).numpy()

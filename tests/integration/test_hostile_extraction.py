@@ -37,9 +37,10 @@ def test_a_prompt_longer_than_the_context_is_skipped_not_cut(tiny, caplog):
 
 
 def test_keys_that_overflow_float16_are_skipped_not_stored(tiny, caplog):
-    """k_proj outputs scaled past float16's range in one batch: that batch's samples are skipped with the reason."""
+    """Pre-RoPE keys (k_proj, or the k_norm after it) scaled past float16's range in one batch: that batch's
+    samples are skipped with the reason."""
     samples = _samples(4)
-    layer = tiny.adapter.layers(tiny.model)[0].self_attn.k_proj
+    layer = tiny.adapter.key_module(tiny.adapter.layers(tiny.model)[0])
     calls = []
 
     def overflow(module, inputs, output):

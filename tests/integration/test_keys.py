@@ -30,23 +30,41 @@ def _solo_oracle(loaded, sample: Sample, layer: int, site: str) -> torch.Tensor:
 
     post_rope: the model's own KV cache (use_cache=True; a config-free `DynamicCache`, so sliding-window layers
     keep every key). pre_rope: k_proj applied to the layer's normalised input, taken from
-    output_hidden_states, then the per-head `k_norm` where the family has one (Gemma 3, Qwen3-VL).
+    output_hidden_states (plus DeepStack's visual features where Qwen3-VL adds them: `_layer_input`), then the
+    per-head `k_norm` where the family has one (Gemma 3, Qwen3-VL).
     """
     from transformers import DynamicCache
 
     model, adapter = loaded.model, loaded.adapter
     inputs = adapter.model_inputs(loaded.processor, [sample.decoded()])
     with torch.inference_mode():
-        out = model(**inputs, use_cache=True, past_key_values=DynamicCache(), output_hidden_states=True)
+        out = model(**inputs, use_cache=True, cache=DynamicCache(), output_hidden_states=True)
     if site == "post_rope":
         return out.past_key_values.layers[layer].keys[0].transpose(0, 1).flatten(1)
     decoder_layer = adapter.layers(model)[layer]
     attention = decoder_layer.self_attn
     with torch.inference_mode():
-        keys = attention.k_proj(decoder_layer.input_layernorm(out.hidden_states[layer][0]))
+        hidden = _layer_input(loaded, inputs, out.hidden_states, layer)[0]
+        keys = attention.k_proj(decoder_layer.input_layernorm(hidden))
         if hasattr(attention, "k_norm"):
             keys = attention.k_norm(keys.unflatten(-1, (-1, attention.head_dim))).flatten(-2)
         return keys
+
+
+def _layer_input(loaded, inputs, hidden_states, layer: int) -> torch.Tensor:
+    """[B, S, hidden] the input of decoder layer `layer`. `output_hidden_states` records each layer's output;
+    Qwen3-VL's DeepStack then adds the vision tower's k-th intermediate feature to the image tokens' hidden
+    states after decoder layer k, for k < the number of those features (DeepStack, arXiv:2406.04334)."""
+    vision = getattr(loaded.model.config, "vision_config", None)
+    levels = len(getattr(vision, "deepstack_visual_indexes", None) or [])
+    if not 0 < layer <= levels:
+        return hidden_states[layer]
+    with torch.inference_mode():
+        deepstack = loaded.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+    hidden = hidden_states[layer].clone()
+    hidden[inputs["input_ids"] == loaded.model.config.image_token_id] += torch.cat(
+        deepstack.deepstack_features[layer - 1])
+    return hidden
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -98,14 +116,29 @@ def test_early_exit_equals_full_forward(tiny, site):
 
 
 def _expected_image_tokens(loaded, inputs) -> int:
-    """Independent count: Qwen grid/4 (2x2 merge); LLaVA (side/14)^2; LLaVA-NeXT the vision tower's own
-    packed feature count (base view + unpadded tiles + row newlines), which the model requires to match."""
+    """Independent count: Qwen grid/4 (2x2 merge); LLaVA (side/14)^2; LLaVA-NeXT and LLaVA-OneVision the vision
+    tower's own packed feature count (base view + unpadded tiles + row newlines), which the model requires to match;
+    Idefics3 the connector's rows for every real view (tiles + global view, all-zero padding views dropped);
+    InternVL the projector's rows for every tile (thumbnail included), after the pixel shuffle; Mistral 3 (which
+    passes `image_sizes` like LLaVA-NeXT) the patch merger's rows, one per 2x2 patches."""
     if "image_grid_thw" in inputs:
         return int(inputs["image_grid_thw"].prod()) // 4
+    if loaded.adapter.family in ("gemma3", "paligemma"):  # the projector's rows (Gemma 3: pooled, mm_tokens_per_image)
+        with torch.inference_mode():
+            features = loaded.model.model.get_image_features(inputs["pixel_values"])
+        return sum(len(f) for f in features.pooler_output)
+    if "pixel_attention_mask" in inputs:
+        with torch.inference_mode():
+            features = loaded.model.model.get_image_features(inputs["pixel_values"], inputs["pixel_attention_mask"])
+        return sum(len(f) for f in features.pooler_output)
     if "image_sizes" in inputs:
         with torch.inference_mode():
             features = loaded.model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
         return sum(len(f) for f in features.pooler_output)
+    if loaded.adapter.family == "internvl":
+        with torch.inference_mode():
+            features = loaded.model.model.get_image_features(inputs["pixel_values"]).pooler_output
+        return features.shape[0] * features.shape[1]  # [tiles, tokens per tile, hidden]
     return (inputs["pixel_values"].shape[-1] // 14) ** 2
 
 
@@ -203,6 +236,11 @@ CONTENT_SOURCES = {
 }
 
 
+GENERATION_PROMPT = {"llava": "ASSISTANT:", "llava_next": "ASSISTANT:", "idefics3": "Assistant:",  # else "assistant"
+                     "gemma3": "<start_of_turn>model\n", "paligemma": "<bos>",  # PaliGemma: no template, its <bos>
+                     "mistral3": "[/INST]"}
+
+
 @pytest.mark.parametrize("source", list(CONTENT_SOURCES))
 def test_content_mask_marks_exactly_the_samples_own_text(tiny, source):
     """Decoding the content tokens gives back the sample's text; the rest decodes to template and special tokens."""
@@ -222,5 +260,5 @@ def test_content_mask_marks_exactly_the_samples_own_text(tiny, source):
         decoded = squeeze(tokenizer.decode(ids[content[row]].tolist())).split(squeeze(tokenizer.unk_token or "\0"))
         assert re.fullmatch(".+?".join(map(re.escape, decoded)), squeeze(sample.text))
         rest = tokenizer.decode(ids[real & ~content[row] & (ids != image_id)].tolist())
-        assert ("ASSISTANT:" in rest) if tiny.adapter.family.startswith("llava") else ("assistant" in rest)
+        assert GENERATION_PROMPT.get(tiny.adapter.family, "assistant") in rest
         assert squeeze(sample.text)[:12] not in squeeze(rest)

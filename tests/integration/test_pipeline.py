@@ -253,7 +253,7 @@ def test_text_tokens_content_leaves_the_template_out(tmp_path, cache_dir):
                            for name in ("all", "content"))
     assert content.loc["image_vs_image", "n_x"] == everything.loc["image_vs_image", "n_x"]
     job: JobConfig = OmegaConf.to_object(cfg)
-    index = KeyStore(job.paths.cache_dir, cache_descriptor(job), 8).index()
+    index = KeyStore(job.paths.cache_dir, cache_descriptor(job, None), 8).index()
     text, own = ~index.is_image, index.is_content
     assert 0 < int(own.sum()) < int(text.sum()) and not (own & index.is_image).any()
     half_share = everything.loc["text_vs_text", "n_x"] * int(own.sum()) / int(text.sum())
@@ -273,7 +273,7 @@ def test_paired_table_equals_an_oracle_from_the_cache_files(tmp_path, cache_dir)
     paired = pd.read_parquet(tmp_path / "paired.parquet")
     assert len(paired) == 5 and (paired["layer"] == "late").all()
     job: JobConfig = OmegaConf.to_object(cfg)
-    store = KeyStore(job.paths.cache_dir, cache_descriptor(job), 8)
+    store = KeyStore(job.paths.cache_dir, cache_descriptor(job, None), 8)
     row = paired.iloc[0]
     number = int(row["sample_id"].split("-")[1])
     shard = number // job.keys.shard_size

@@ -15,7 +15,9 @@ from PIL import Image
 from experiments.aggregate import GROUP_COLUMNS, aggregate, bootstrap_ci, main, summarize
 from experiments.callbacks import AggregateCallback
 from experiments.report import sweep_figures
-from experiments.report.figures import depth_profile
+from experiments.report.figures import PALETTE, depth_profile
+
+from ..fixtures.figures import axes_grid, colour_pixels, grid_shape, panel_boxes
 
 LAYERS = {"early": 0, "middle": 2, "late": 3}
 EVERY = {str(i): i for i in range(6)}  # a layer=every job of a 6-layer model
@@ -113,6 +115,35 @@ def test_figures_are_written(sweep):
     with Image.open(sweep / "figure1_tsne.png") as image:
         width, height = image.size
     assert width > 1.1 * height  # 2 model rows x 3 (benchmark, layer) columns
+
+
+PAPER_LAYERS = {"llava": {"early": 3, "middle": 16, "late": 28}, "qwen": {"early": 3, "middle": 14, "late": 24}}
+
+
+def test_figure1_is_the_papers_grid_of_models_by_benchmark_and_layer(tmp_path):
+    """2 models x (2 benchmarks x 3 layers): the Figure's Axes and the saved PNG's panels are 2 x 6, in order."""
+    rng = np.random.default_rng(3)
+    keys = [(m, b, layer) for m in ("qwen", "llava") for b in ("mmmu", "mmbench_cn") for layer in ("late", "early",
+                                                                                                     "middle")]
+    counts = {key: (10 + n, 20 + n) for n, key in enumerate(keys)}  # (image, text) points, distinct per panel
+    embedding = pd.DataFrame([{"x": rng.normal(), "y": rng.normal(), "modality": modality, "model": m, "benchmark": b,
+                               "layer": layer} for (m, b, layer), pair in counts.items()
+                              for modality, n in zip(("image", "text"), pair, strict=True) for _ in range(n)])
+    indices = {(m, layer): i for m, layers in PAPER_LAYERS.items() for layer, i in layers.items()}
+    fig = sweep_figures.tsne_figure(embedding, "sweep", indices)
+    grid = axes_grid(fig)
+    assert sorted(grid) == [(r, c) for r in range(2) for c in range(6)]
+    columns = [(b, layer) for b in ("mmbench_cn", "mmmu") for layer in ("early", "middle", "late")]
+    assert [grid[0, c].get_title() for c in range(6)] == [f"{b} · {layer}" for b, layer in columns]
+    assert [grid[r, 0].get_ylabel() for r in range(2)] == ["llava", "qwen"]
+    for (r, c), ax in grid.items():
+        model, (benchmark, layer) = ["llava", "qwen"][r], columns[c]
+        assert [len(points.get_offsets()) for points in ax.collections] == list(counts[model, benchmark, layer])
+        assert [t.get_text() for t in ax.texts] == [f"layer {PAPER_LAYERS[model][layer]}"]
+    png, _ = sweep_figures.tsne_grid(embedding, tmp_path / "figure1", "sweep", indices)
+    boxes = panel_boxes(png)
+    assert grid_shape(boxes) == (2, 6)
+    assert all(colour_pixels(png, box, PALETTE[m], 0.7) > 0 for box in boxes for m in ("image", "text"))
 
 
 def _panel(title):

@@ -15,6 +15,9 @@ PUBLISHED = {
     "llava": (7.06e9, 32, (4096, 4096)),        # llava-hf/llava-1.5-7b-hf
     "qwen": (8.29e9, 28, (3584, 512)),          # Qwen/Qwen2.5-VL-7B-Instruct
     "llava_next": (7.06e9, 32, (4096, 4096)),   # llava-hf/llava-v1.6-vicuna-7b-hf
+    "idefics3": (8.46e9, 32, (4096, 1024)),     # HuggingFaceM4/Idefics3-8B-Llama3
+    "gemma3": (4.30e9, 34, (2560, 1024)),       # google/gemma-3-4b-it
+    "paligemma": (9.66e9, 42, (3584, 2048)),    # google/paligemma2-10b-pt-448
 }
 
 

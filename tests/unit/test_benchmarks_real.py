@@ -1,4 +1,4 @@
-"""Real-benchmark loaders on files in the real formats: MMMU shards unchanged, MMBench-CN TSV and parquet.
+"""Real-benchmark loaders on files in the real formats: MMMU shards unchanged, MMBench-CN and -EN TSV and parquet.
 
 The MMMU shards, the official MMMU validation answers and the official MMBench samples are copied byte for
 byte under `tests/fixtures/real_samples/` (origins in its SOURCES.md). Expected prompts are written out here
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ REAL = mb.SAMPLES.parent
 MMMU_ROOT = REAL / "mmmu" / "MMMU"
 MMMU = BenchmarkConfig(name="mmmu", path=str(MMMU_ROOT), split="validation", limit=None)
 MMB = BenchmarkConfig(name="mmbench_cn", limit=None)
+MMB_EN = BenchmarkConfig(name="mmbench_en", limit=None)
 
 
 def _shard_rows() -> pd.DataFrame:
@@ -147,7 +149,8 @@ def test_limit_is_a_seeded_selection_in_benchmark_order(mmmu_val):
     (replace(MMMU, image_order="last"), "benchmark.image_order='last': use one of interleaved, images_first"),
     (replace(MMMU, subjects=["Acounting"]), "benchmark.subjects=.*'Acounting' is not valid.*Accounting"),
     (replace(MMB, path=str(REAL), prompt_style="qwen"), r"benchmark.prompt_style='qwen'.*vlmevalkit, llava"),
-], ids=["mmmu-style", "mmmu-image-order", "mmmu-subject", "mmbench-style"])
+    (replace(MMB_EN, path=str(REAL), prompt_style="qwen"), r"benchmark.prompt_style='qwen'.*vlmevalkit, llava"),
+], ids=["mmmu-style", "mmmu-image-order", "mmmu-subject", "mmbench-style", "mmbench_en-style"])
 def test_unknown_choices_list_the_valid_ones(cfg, match):
     with pytest.raises(ConfigError, match=match):
         _check(cfg)
@@ -163,8 +166,8 @@ def test_explicit_subject_without_shard_fails_clearly():
         load_samples(replace(MMMU, subjects=["Math"]))
 
 
-@pytest.mark.parametrize("cfg", [replace(MMMU, path="MMMU/MMMU"), replace(MMB, path="lmms-lab/MMBench_CN")],
-                         ids=["mmmu", "mmbench_cn"])
+@pytest.mark.parametrize("cfg", [replace(MMMU, path="MMMU/MMMU"), replace(MMB, path="lmms-lab/MMBench_CN"),
+                                 replace(MMB_EN, path="lmms-lab/MMBench_EN")], ids=["mmmu", "mmbench_cn", "mmbench_en"])
 def test_offline_hub_id_gives_an_actionable_error(cfg, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
@@ -244,6 +247,75 @@ def test_mmbench_prompt_styles_match_the_cited_conventions(style, index, mmbench
     assert isinstance(sample.parts[0], LazyImage) and sample.parts[1:] == (PROMPTS[style, index],)
 
 
+# ---------------------------------------------------------------- MMBench (English)
+
+Q_812_EN, OPTIONS_812_EN = ("Which scene category matches this image the best?",
+                            "A. rock_arch\nB. train_interior\nC. shopfront\nD. office_cubicles\n")
+HINT_318_EN = "The diagram below is a model of two solutions. Each green ball represents one particle of solute."
+Q_318_EN = "Which solution has a higher concentration of green particles?"
+OPTIONS_318_EN = ["neither; their concentrations are the same", "Solution B", "Solution A"]
+ENGLISH_INSTRUCTION = "Answer with the option's letter from the given choices directly."  # LLaVA --lang en
+PROMPTS_EN = {
+    ("vlmevalkit", "318"): f"Hint: {HINT_318_EN}\nQuestion: {Q_318_EN}\nOptions:\nA. {OPTIONS_318_EN[0]}\n"
+                           f"B. {OPTIONS_318_EN[1]}\nC. {OPTIONS_318_EN[2]}\n"
+                           "Please select the correct answer from the options above. \n",
+    ("vlmevalkit", "812"): f"Question: {Q_812_EN}\nOptions:\n{OPTIONS_812_EN}"
+                           "Please select the correct answer from the options above. \n",
+    ("llava", "318"): f"{HINT_318_EN}\n{Q_318_EN}\nA. {OPTIONS_318_EN[0]}\nB. {OPTIONS_318_EN[1]}\n"
+                      f"C. {OPTIONS_318_EN[2]}\n{ENGLISH_INSTRUCTION}",
+    ("llava", "812"): f"{Q_812_EN}\n{OPTIONS_812_EN}{ENGLISH_INSTRUCTION}",
+}
+
+
+@pytest.fixture(scope="module")
+def mmbench_en_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """MMBench_DEV_EN.tsv, the lmms-lab/MMBench_EN folder and one of its files, and an lmms-lab/MMBench snapshot
+    holding both languages (cn/ and en/)."""
+    root = tmp_path_factory.mktemp("mmbench_en")
+    folder = mb.write_hf_parquet(root / "MMBench_EN", "lmms-lab/MMBench_EN")
+    both = mb.write_hf_parquet(mb.write_hf_parquet(root / "MMBench", "lmms-lab/MMBench:cn"), "lmms-lab/MMBench:en")
+    return {"tsv": str(mb.write_tsv(root / "MMBench_DEV_EN.tsv", "en")), "hf-folder": str(folder),
+            "parquet-file": str(next((folder / "data").glob("dev-*.parquet"))), "multi-language-folder": str(both)}
+
+
+@pytest.mark.parametrize("form", ["tsv", "hf-folder", "parquet-file", "multi-language-folder"])
+def test_mmbench_en_reads_the_english_questions_of_the_same_rows(form, mmbench_en_paths, mmbench_tsv):
+    data = load_samples(replace(MMB_EN, path=mmbench_en_paths[form]))
+    assert [s["sample_id"] for s in data.skipped] == [str(CORRUPT)] + ([str(DANGLING)] if form == "tsv" else [])
+    english = {str(r["index"]): r for r in mb.rows("en")}
+    assert [s.id for s in data.samples] == [s.id for s in mmbench_tsv.samples]  # CN and EN share `index`
+    for ours, chinese in zip(data.samples, mmbench_tsv.samples, strict=True):
+        row = english[ours.id]
+        assert ours.text.startswith("Question: " if row["hint"] is None else f"Hint: {row['hint']}\n")
+        assert f"Question: {row['question']}\n" in ours.text and chinese.text != ours.text
+        assert ours.meta == chinese.meta and ours.answer == chinese.answer  # category, l2_category, split, index
+        assert np.array_equal(_pixels(ours.images[0]), _pixels(chinese.images[0]))
+
+
+def test_mmbench_en_hub_layouts_keep_their_spelling_and_index_type(mmbench_en_paths):
+    """lmms-lab/MMBench_EN spells `l2-category` in lower case; lmms-lab/MMBench `en` stores `index` as a string."""
+    single = pd.read_parquet(mmbench_en_paths["parquet-file"])
+    multi = pd.read_parquet(next((Path(mmbench_en_paths["multi-language-folder"]) / "en").glob("dev-*.parquet")))
+    assert "l2-category" in single.columns and "L2-category" not in single.columns
+    assert multi["index"].map(type).eq(str).all() and "L2-category" in multi.columns
+    for form in ("parquet-file", "multi-language-folder"):
+        samples = _by_id(load_samples(replace(MMB_EN, path=mmbench_en_paths[form])))
+        assert samples["318"].meta["index"] == 318 and samples["318"].meta["question_index"] == 318
+        assert samples["318"].meta["l2_category"] == "finegrained_perception (cross-instance)"
+
+
+def test_multi_language_snapshot_gives_each_benchmark_its_language(mmbench_en_paths, mmbench_tsv):
+    chinese = load_samples(replace(MMB, path=mmbench_en_paths["multi-language-folder"]))
+    assert [(s.id, s.parts[1]) for s in chinese.samples] == [(s.id, s.parts[1]) for s in mmbench_tsv.samples]
+
+
+@pytest.mark.parametrize(("style", "index"), list(PROMPTS_EN), ids=[f"{s}-{i}" for s, i in PROMPTS_EN])
+def test_mmbench_en_prompt_styles_match_the_cited_conventions(style, index, mmbench_en_paths):
+    sample = _by_id(load_samples(replace(MMB_EN, path=mmbench_en_paths["hf-folder"], prompt_style=style)))[index]
+    assert isinstance(sample.parts[0], LazyImage) and sample.parts[1:] == (PROMPTS_EN[style, index],)
+    assert "请" not in sample.parts[1]  # no Chinese scaffolding left in the English prompt
+
+
 def test_yaml_defaults_are_the_paper_protocol():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -255,12 +327,14 @@ def test_yaml_defaults_are_the_paper_protocol():
     register_configs()
     jobs = {}
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        for name in ("mmbench_cn", "mmmu"):
+        for name in ("mmbench_cn", "mmbench_en", "mmmu"):
             cfg = compose(config_name="config", overrides=["paths.cache_dir=/tmp/x", f"benchmark={name}"])
             jobs[name] = OmegaConf.to_object(cfg)
     assert all(isinstance(j, JobConfig) for j in jobs.values())
-    mmb, mmmu = jobs["mmbench_cn"].benchmark, jobs["mmmu"].benchmark
+    mmb, mmb_en, mmmu = jobs["mmbench_cn"].benchmark, jobs["mmbench_en"].benchmark, jobs["mmmu"].benchmark
     assert (mmb.path, mmb.split, mmb.limit, mmb.prompt_style, mmb.drop_circular) == \
         ("lmms-lab/MMBench_CN", "dev", None, "vlmevalkit", True)
+    assert (mmb_en.name, mmb_en.path, mmb_en.split, mmb_en.limit, mmb_en.prompt_style, mmb_en.drop_circular) == \
+        ("mmbench_en", "lmms-lab/MMBench_EN", "dev", None, "vlmevalkit", True)
     assert (mmmu.path, mmmu.split, mmmu.subjects, mmmu.limit, mmmu.prompt_style, mmmu.image_order) == \
         ("MMMU/MMMU", "validation", None, None, "vlmevalkit", "interleaved")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.benchmarks.mmbench import llava_prompt
+from experiments.benchmarks.mmbench import LANGUAGES, llava_prompt
 from experiments.benchmarks.mmbench import vlmevalkit_prompt as mmbench_prompt
 from experiments.benchmarks.mmmu import mmmu_prompt, vlmevalkit_prompt
 from experiments.benchmarks.sample import Sample
@@ -93,11 +93,14 @@ def test_heads_and_text_keys_are_left_alone():
     torch.testing.assert_close(out[0, 1, :10], keys[0, 1, :10] + gap)
 
 
+CN = LANGUAGES["mmbench_cn"]
+
+
 @pytest.mark.parametrize("text, letters", [
     (vlmevalkit_prompt("<image 1> Which?", ["$6", "$7", "$8"], False), ["A", "B", "C"]),
     (mmmu_prompt("Which?", ["x", "y", "z", "w", "v"], False), ["A", "B", "C", "D", "E"]),
-    (mmbench_prompt("哪个?", "A. hint line\nB. not options", {"A": "猫", "B": "狗"}), ["A", "B"]),
-    (llava_prompt("哪个?", None, {"A": "1", "B": "2", "C": "3", "D": "4"}), ["A", "B", "C", "D"]),
+    (mmbench_prompt("哪个?", "A. hint line\nB. not options", {"A": "猫", "B": "狗"}, CN), ["A", "B"]),
+    (llava_prompt("哪个?", None, {"A": "1", "B": "2", "C": "3", "D": "4"}, CN), ["A", "B", "C", "D"]),
     (vlmevalkit_prompt("What is the value?", [], True), []),
 ], ids=["mmmu-vlmevalkit", "mmmu-official", "mmbench-hint-with-letters", "mmbench-llava", "mmmu-open"])
 def test_option_letters_of_each_prompt_style(text, letters):

@@ -113,9 +113,9 @@ def test_dtype_auto_is_hashed_as_resolved_so_cpu_and_gpu_keys_never_share_an_ent
 
     job = _job("model=llava", "model.weights=random")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cpu = cache_descriptor(job)
+    cpu = cache_descriptor(job, None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    gpu = cache_descriptor(job)
+    gpu = cache_descriptor(job, None)
     assert (cpu["model"]["dtype"], cpu["store_dtype"]) == ("float32", "float32")
     assert (gpu["model"]["dtype"], gpu["store_dtype"]) == ("bfloat16", "bfloat16")
     assert entry_name(cpu) != entry_name(gpu)
@@ -124,11 +124,11 @@ def test_dtype_auto_is_hashed_as_resolved_so_cpu_and_gpu_keys_never_share_an_ent
 def test_layers_and_speed_settings_do_not_change_the_entry():
     from experiments.store import cache_descriptor, entry_name
 
-    base = entry_name(cache_descriptor(_job()))
+    base = entry_name(cache_descriptor(_job(), None))
     for same in (["layer=late"], ["layer.positions=[1]"], ["keys.batch_size=3"], ["keys.num_workers=2"]):
-        assert entry_name(cache_descriptor(_job(*same))) == base, same
+        assert entry_name(cache_descriptor(_job(*same), None)) == base, same
     for other in (["keys.site=pre_rope"], ["keys.store_dtype=bfloat16"], ["benchmark.limit=5"]):
-        assert entry_name(cache_descriptor(_job(*other))) != base, other
+        assert entry_name(cache_descriptor(_job(*other), None)) != base, other
 
 
 def test_layer_files_hold_the_key_norms(tmp_path):

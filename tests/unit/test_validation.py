@@ -183,7 +183,8 @@ def test_a_valid_extreme_value_gets_past_the_check(base, tmp_path, name, data):
 def test_every_constrained_field_of_every_group_has_a_rule():
     """The numbers and names a job cannot run without are all declared (a new field must not slip through)."""
     unchecked = {"model.name", "model.build_dir", "model.revision", "model.seed", "model.processor",
-                 "model.fast_paths", "benchmark.split", "benchmark.seed", "benchmark.drop_circular", "keys.seed",
+                 "model.fast_paths", "benchmark.revision", "benchmark.split", "benchmark.seed",
+                 "benchmark.drop_circular", "keys.seed",
                  "analysis.seed", "analysis.exclude_sinks", "analysis.position_control",
                  "metric.unbiased", "report.seed", "intervention.seed", "logger.project", "logger.entity",
                  "paths.cache_dir", "paths.models", "paths.benchmarks"}  # site paths: checked where used (model.path)

@@ -18,12 +18,13 @@ from experiments.config import BenchmarkConfig
 
 LOADERS: dict[str, Callable[[BenchmarkConfig], BenchmarkData]] = {
     "synthetic": synthetic_samples,
-    "mmbench_cn": mmbench.mmbench_samples,
+    **dict.fromkeys(mmbench.LANGUAGES, mmbench.mmbench_samples),  # mmbench_cn, mmbench_en: one loader
     "mmmu": mmmu.mmmu_samples,
 }
 # benchmark -> its `benchmark.prompt_style` choices (the config schema checks the field against this); synthetic
 # questions follow `benchmark.style`, laid out as VLMEvalKit's prompt
-PROMPT_STYLES: dict[str, tuple[str, ...]] = {"synthetic": ("vlmevalkit",), "mmbench_cn": tuple(mmbench.PROMPT_STYLES),
+PROMPT_STYLES: dict[str, tuple[str, ...]] = {"synthetic": ("vlmevalkit",),
+                                             **dict.fromkeys(mmbench.LANGUAGES, tuple(mmbench.PROMPT_STYLES)),
                                              "mmmu": tuple(mmmu.PROMPT_STYLES)}
 
 

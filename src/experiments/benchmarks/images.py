@@ -68,8 +68,9 @@ def utf8(value: object, column: str) -> str:
     return text
 
 
-def resolve_path(path: str, allow_patterns: list[str]) -> Path:
-    """The local file or folder `path`, or a snapshot of the hub dataset `path` restricted to `allow_patterns`.
+def resolve_path(path: str, allow_patterns: list[str], revision: str | None = None) -> Path:
+    """The local file or folder `path`, or a snapshot of the hub dataset `path` at `revision` (None: the default
+    branch) restricted to `allow_patterns`; `snapshot_commit` of it is the commit that was read.
 
     Args:
         path: `benchmark.path`: a local .tsv/.parquet file or folder, or a hub dataset id such as `MMMU/MMMU`.
@@ -97,9 +98,10 @@ def resolve_path(path: str, allow_patterns: list[str]) -> Path:
     download = (f"e.g. `hf download {path} --repo-type dataset {' '.join(f'--include {p!r}' for p in include)} "
                 f"--local-dir /data/{path}`")
     try:
-        folder = Path(snapshot_download(repo_id=path, repo_type="dataset", allow_patterns=allow_patterns))
+        folder = Path(snapshot_download(repo_id=path, repo_type="dataset", allow_patterns=allow_patterns,
+                                        revision=revision))
     except Exception as err:  # offline, connection, gated, unknown repo, incomplete snapshot: one actionable error
-        raise HubError(f"{hub_problem(err, 'benchmark.path', path, 'dataset')}, {download}") from None
+        raise HubError(f"{hub_problem(err, 'benchmark.path', path, 'dataset', revision)}, {download}") from None
     if not any(any(folder.glob(pattern)) for pattern in allow_patterns):
         raise HubError(f"benchmark.path={path!r}: {constants.ENDPOINT}/datasets/{path} has no file matching "
                        f"{allow_patterns}: check benchmark.split (and benchmark.subjects), or set benchmark.path to "
@@ -107,7 +109,18 @@ def resolve_path(path: str, allow_patterns: list[str]) -> Path:
     return folder
 
 
-def collect(ids: list[str], build: Callable[[int], Sample], limit: int | None, seed: int) -> BenchmarkData:
+def snapshot_commit(source: Path) -> str | None:
+    """The hub commit of a snapshot folder from `resolve_path` (the hub cache's documented layout,
+    `snapshots/<commit>/`), or None for a local file or folder."""
+    from huggingface_hub import constants
+
+    cache = Path(constants.HF_HUB_CACHE).resolve()
+    folder = source.resolve()
+    return folder.name if folder.parent.name == "snapshots" and cache in folder.parents else None
+
+
+def collect(ids: list[str], build: Callable[[int], Sample], limit: int | None, seed: int,
+            commit: str | None = None) -> BenchmarkData:
     """Build the sample of every row, or of `limit` rows chosen at random, in benchmark order.
 
     Under `limit`, rows are tried in the order of `numpy.random.default_rng(seed).permutation(len(ids))`
@@ -119,6 +132,7 @@ def collect(ids: list[str], build: Callable[[int], Sample], limit: int | None, s
         build: row position -> sample; raises `SkipRow` for a row it cannot use.
         limit: the most samples to keep; None keeps every usable row.
         seed: seed of the selection under `limit`.
+        commit: the hub commit the rows were read from (`snapshot_commit`), recorded in the result.
 
     Returns:
         The samples, and `{"sample_id", "reason"}` for every row tried and skipped, both in benchmark order.
@@ -139,4 +153,4 @@ def collect(ids: list[str], build: Callable[[int], Sample], limit: int | None, s
             kept[position] = build(position)
         except SkipRow as err:
             skipped[position] = {"sample_id": ids[position], "reason": str(err)}
-    return BenchmarkData([kept[p] for p in sorted(kept)], [skipped[p] for p in sorted(skipped)])
+    return BenchmarkData([kept[p] for p in sorted(kept)], [skipped[p] for p in sorted(skipped)], commit)

@@ -1,20 +1,26 @@
-"""MMBench-CN loader (`benchmark=mmbench_cn`): one image-first sample per question, in a cited prompt convention.
+"""MMBench loader (`benchmark=mmbench_cn`, `mmbench_en`): one image-first sample per question, in a cited prompt
+convention.
 
-Reads either distribution of MMBench v1.0 Chinese (facts and citations in `shared/notes/benchmarks.md` §1):
+Both languages of MMBench v1.0 share one schema and one loader; what differs is data (`LANGUAGES`): the hub copy,
+the language's folder in the multi-language hub copy, and LLaVA's answer instruction. CN and EN share `index`
+values and images. Reads either distribution (facts and citations in `shared/notes/benchmarks.md` §1):
 
-- VLMEvalKit TSV (`MMBench_DEV_CN.tsv`, read as `pd.read_csv(path, sep="\\t")`): columns index, question,
-  hint, A-D, answer, category, image, source, l2-category, comment, split. `image` is a base64 JPEG, or, when
-  it has at most 64 characters, the `index` of another row whose image it reuses
+- VLMEvalKit TSV (`MMBench_DEV_CN.tsv`, `MMBench_DEV_EN.tsv`, read as `pd.read_csv(path, sep="\\t")`): columns
+  index, question, hint, A-D, answer, category, image, source, l2-category, comment, split. `image` is a base64
+  JPEG, or, when it has at most 64 characters, the `index` of another row whose image it reuses
   (VLMEvalKit@e8e78f0:`vlmeval/dataset/image_base.py:162-170`).
-- Hugging Face parquet (`lmms-lab/MMBench_CN`, `data/<split>-*.parquet`): the same fields, the image as a
-  `struct<bytes, path>`, the level-2 category spelt `L2-category`, missing values possibly the string "nan".
+- Hugging Face parquet: `lmms-lab/MMBench_CN` / `lmms-lab/MMBench_EN` (`data/<split>-*.parquet`) or
+  `lmms-lab/MMBench` (`cn/<split>-*.parquet`, `en/...`): the same fields, the image as a `struct<bytes, path>`,
+  the level-2 category spelt `L2-category` (`l2-category` in MMBench_EN), `index` an integer (a string in
+  `lmms-lab/MMBench` `en`), missing values possibly the string "nan".
 
-`benchmark.path` is a .tsv file, a .parquet file, a folder with `data/<split>-*.parquet`, or the hub id.
-Rows of another split (the `split` column) are left out; CircularEval copies (index >= 1e6, rotated options
-of question `index % 1e6`) are dropped when `benchmark.drop_circular`. None, NaN, "nan" and "none" are
-missing values (LLaVA `is_none`, haotian-liu/LLaVA@c121f04:`llava/eval/model_vqa_mmbench.py:33-44`).
-A row with a missing image, image bytes PIL cannot identify, or a dangling index reference is skipped and
-reported. Images stay encoded (`LazyImage`) until extraction decodes them.
+`benchmark.path` is a .tsv file, a .parquet file, a folder in one of the hub layouts, or a hub id (only the split's
+files of the language are fetched). Rows of another split (the `split` column) are left out; CircularEval copies
+(index >= 1e6, rotated options of question `index % 1e6`) are dropped when `benchmark.drop_circular`. None, NaN,
+"nan" and "none" are missing values (LLaVA `is_none`,
+haotian-liu/LLaVA@c121f04:`llava/eval/model_vqa_mmbench.py:33-44`). A row with a missing image, image bytes PIL
+cannot identify, or a dangling index reference is skipped and reported. Images stay encoded (`LazyImage`) until
+extraction decodes them.
 """
 
 from __future__ import annotations
@@ -22,21 +28,45 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import pandas as pd
 
-from experiments.benchmarks.images import SkipRow, collect, image_from_cell, read_table, resolve_path, utf8
+from experiments.benchmarks.images import (
+    SkipRow,
+    collect,
+    image_from_cell,
+    read_table,
+    resolve_path,
+    snapshot_commit,
+    utf8,
+)
 from experiments.benchmarks.sample import BenchmarkData, LazyImage, Sample
 from experiments.config import BenchmarkConfig
 
-HUB_ID = "lmms-lab/MMBench_CN"
 OPTION_LETTERS = "ABCDE"  # MMBench has 2-4 options; toolkits also probe E
 CIRCULAR_OFFSET = 1_000_000  # CircularEval copies have index >= 1e6 (VLMEvalKit `multiple_choice.py:521`)
 REFERENCE_MAX_CHARS = 64  # an image string this short is another row's index (`image_base.py:162-170`)
 
 
-def vlmevalkit_prompt(question: str, hint: str | None, options: dict[str, str]) -> str:
-    """VLMEvalKit's default MCQ prompt, English scaffolding even for MMBench-CN; the image goes first.
+@dataclass(frozen=True)
+class Language:
+    """What tells MMBench-CN and MMBench-EN apart; everything else (schema, prompts' layout) is shared."""
+
+    hub_id: str  # the Hugging Face copy read when benchmark.path is unset
+    folder: str  # the language's folder in the multi-language copy `lmms-lab/MMBench` (`<folder>/<split>-*.parquet`)
+    instruction: str  # LLaVA's answer instruction (`model_vqa_mmbench.py` `--lang`, VLMEvalKit `LLaVA.build_prompt`)
+
+
+LANGUAGES: dict[str, Language] = {  # benchmark name -> its language
+    "mmbench_cn": Language("lmms-lab/MMBench_CN", "cn", "请直接回答选项字母。"),
+    "mmbench_en": Language("lmms-lab/MMBench_EN", "en",
+                           "Answer with the option's letter from the given choices directly."),
+}
+
+
+def vlmevalkit_prompt(question: str, hint: str | None, options: dict[str, str], language: Language) -> str:
+    """VLMEvalKit's default MCQ prompt, the same English scaffolding in every language; the image goes first.
 
     Source: open-compass/VLMEvalKit@e8e78f0:`vlmeval/dataset/image_mcq.py:212-248`
     (`ImageMCQDataset.build_prompt`), the prompt VLMEvalKit's Qwen2.5-VL-7B config gets
@@ -50,27 +80,29 @@ def vlmevalkit_prompt(question: str, hint: str | None, options: dict[str, str]) 
     return prompt
 
 
-def llava_prompt(question: str, hint: str | None, options: dict[str, str]) -> str:
-    """LLaVA-1.5's MMBench-CN prompt: hint, question, options, Chinese instruction; the image goes first.
+def llava_prompt(question: str, hint: str | None, options: dict[str, str], language: Language) -> str:
+    """LLaVA-1.5's MMBench prompt: hint, question, options, the language's answer instruction; the image goes first.
 
     The model's template adds the `<image>\\n` slot before this text. Sources:
-    haotian-liu/LLaVA@c121f04:`llava/eval/model_vqa_mmbench.py:71-101` with `--lang cn --single-pred-prompt`
-    (`scripts/v1_5/eval/mmbench_cn.sh`), and the same string in VLMEvalKit@e8e78f0:
-    `vlmeval/vlm/llava/llava.py:86-126` (`LLaVA.build_prompt`, Chinese instruction when the text is Chinese).
+    haotian-liu/LLaVA@c121f04:`llava/eval/model_vqa_mmbench.py:71-101` with `--single-pred-prompt` and `--lang cn`
+    (`scripts/v1_5/eval/mmbench_cn.sh`) or the default `--lang en` (`mmbench.sh`), and the same strings in
+    VLMEvalKit@e8e78f0:`vlmeval/vlm/llava/llava.py:86-126` (`LLaVA.build_prompt`: the Chinese instruction when the
+    text is Chinese, else the English one).
     """
     text = question if hint is None else f"{hint}\n{question}"
     text += "".join(f"\n{letter}. {option}" for letter, option in options.items())
-    return text + "\n请直接回答选项字母。"
+    return f"{text}\n{language.instruction}"
 
 
-PROMPT_STYLES: dict[str, Callable[[str, str | None, dict[str, str]], str]] = {
+Style = Callable[[str, str | None, dict[str, str], Language], str]
+PROMPT_STYLES: dict[str, Style] = {
     "vlmevalkit": vlmevalkit_prompt,
     "llava": llava_prompt,
 }
 
 
 def mmbench_samples(cfg: BenchmarkConfig) -> BenchmarkData:
-    """The MMBench-CN samples of `cfg.split` (see the module docstring), at most `cfg.limit`.
+    """The MMBench samples of `cfg.split` in the language of `cfg.name` (module docstring), at most `cfg.limit`.
 
     Each sample is `Sample(id=str(index), parts=(image, prompt), answer=letter or None, meta)`, meta holding
     index, question_index (`index % 1e6`), category, l2_category, source, split.
@@ -79,13 +111,14 @@ def mmbench_samples(cfg: BenchmarkConfig) -> BenchmarkData:
         ValueError: no row of `cfg.split`.
         FileNotFoundError: `cfg.path` does not exist locally and cannot be fetched from the hub.
     """
+    language = LANGUAGES[cfg.name]
     style = PROMPT_STYLES[cfg.prompt_style]
-    table, images = _read(cfg.path or HUB_ID, cfg.split)
+    table, images, commit = _read(cfg.path or language.hub_id, cfg.revision, cfg.split, language)
     if cfg.drop_circular:
         table = table[table["index"] < CIRCULAR_OFFSET]
     rows = table.to_dict("records")
-    return collect([str(row["index"]) for row in rows], lambda i: _sample(rows[i], images, style),
-                   cfg.limit, cfg.seed)
+    return collect([str(row["index"]) for row in rows], lambda i: _sample(rows[i], images, style, language),
+                   cfg.limit, cfg.seed, commit)
 
 
 def is_missing(value: object) -> bool:
@@ -95,30 +128,33 @@ def is_missing(value: object) -> bool:
     return bool(pd.api.types.is_scalar(value) and pd.isna(value))
 
 
-def _read(path: str, split: str) -> tuple[pd.DataFrame, dict[int, object]]:
-    """The rows of `split` with integer `index` and `l2-category`, and the image of every row by index."""
-    source = resolve_path(path, [f"data/{split}-*.parquet"])
+def _read(path: str, revision: str | None, split: str, language: Language
+          ) -> tuple[pd.DataFrame, dict[int, object], str | None]:
+    """The rows of `split` with integer `index` and `l2-category`, the image of every row by index, and the hub
+    commit read (None for a local copy)."""
+    patterns = [f"data/{split}-*.parquet", f"{language.folder}/{split}-*.parquet"]  # single / multi-language copy
+    source = resolve_path(path, patterns, revision)
     if source.is_dir():
-        files = sorted(source.glob(f"data/{split}-*.parquet"))
+        files = next((found for pattern in patterns if (found := sorted(source.glob(pattern)))), [])
         if not files:
-            raise FileNotFoundError(f"{source} has no data/{split}-*.parquet (the lmms-lab/MMBench_CN layout); "
-                                    "point benchmark.path at that folder, a .parquet file or a VLMEvalKit .tsv")
+            raise FileNotFoundError(f"{source} has no {' or '.join(patterns)} (the {language.hub_id} or "
+                                    f"lmms-lab/MMBench layout); point benchmark.path at such a folder, a .parquet "
+                                    "file or a VLMEvalKit .tsv")
         table = pd.concat([read_table(f) for f in files], ignore_index=True)
     else:
         table = read_table(source)  # a TSV is read as text: options such as "1" stay text
     table = table.rename(columns={"L2-category": "l2-category"})
-    table["index"] = table["index"].astype(int)
+    table["index"] = table["index"].astype(int)  # a string in lmms-lab/MMBench `en`
     images = dict(zip(table["index"], table["image"], strict=True))  # before the split filter: references
     if "split" in table.columns:
         present = sorted(table["split"].dropna().unique().tolist())
         table = table[table["split"] == split]
         if table.empty:
             raise ValueError(f"{source}: no row with split={split!r}; splits present: {present}")
-    return table, images
+    return table, images, snapshot_commit(source)
 
 
-def _sample(row: Mapping[str, object], images: Mapping[int, object],
-            style: Callable[[str, str | None, dict[str, str]], str]) -> Sample:
+def _sample(row: Mapping[str, object], images: Mapping[int, object], style: Style, language: Language) -> Sample:
     index = int(str(row["index"]))
     image = _image(row["image"], images)
     if is_missing(row.get("question")):
@@ -131,7 +167,7 @@ def _sample(row: Mapping[str, object], images: Mapping[int, object],
     meta |= {key: None if is_missing(row.get(column)) else str(row[column])
              for key, column in (("category", "category"), ("l2_category", "l2-category"),
                                  ("source", "source"), ("split", "split"))}
-    return Sample(id=str(index), parts=(image, style(utf8(row["question"], "question"), hint, options)),
+    return Sample(id=str(index), parts=(image, style(utf8(row["question"], "question"), hint, options, language)),
                   answer=None if is_missing(answer) else str(answer).strip(), meta=meta)
 
 

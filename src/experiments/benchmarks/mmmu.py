@@ -29,7 +29,15 @@ import string
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from experiments.benchmarks.images import SkipRow, collect, image_from_cell, read_table, resolve_path, utf8
+from experiments.benchmarks.images import (
+    SkipRow,
+    collect,
+    image_from_cell,
+    read_table,
+    resolve_path,
+    snapshot_commit,
+    utf8,
+)
 from experiments.benchmarks.sample import BenchmarkData, LazyImage, Sample
 from experiments.config import BenchmarkConfig
 
@@ -93,11 +101,11 @@ def mmmu_samples(cfg: BenchmarkConfig) -> BenchmarkData:
             subject has no shard (or none has).
     """
     subjects = list(cfg.subjects or SUBJECTS)
-    root = resolve_path(cfg.path or HUB_ID, [f"{s}/{cfg.split}-*.parquet" for s in subjects])
+    root = resolve_path(cfg.path or HUB_ID, [f"{s}/{cfg.split}-*.parquet" for s in subjects], cfg.revision)
     rows = _read(root, subjects, cfg.split, every_subject=not cfg.subjects)
     style, interleave = PROMPT_STYLES[cfg.prompt_style], cfg.image_order == "interleaved"
     return collect([str(row["id"]) for row in rows], lambda i: _sample(rows[i], style, interleave, cfg.split),
-                   cfg.limit, cfg.seed)
+                   cfg.limit, cfg.seed, snapshot_commit(root))
 
 
 def _read(root: Path, subjects: list[str], split: str, every_subject: bool) -> list[dict]:

@@ -129,3 +129,4 @@ class BenchmarkData:
 
     samples: list[Sample]
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"sample_id", "reason"}
+    commit: str | None = None  # hub commit of the dataset snapshot read; None for local files and synthetic

@@ -16,12 +16,14 @@ without an intervention the function calls the original implementation unchanged
 - key maps (`mean_shift`, `coral`, `random_shift`): image keys of the chosen KV heads are mapped
   (`transforms.apply_map`), then the original implementation runs on them;
 - `attention_boost` (PAI-style, Liu et al. 2024): eager attention written out as transformers' own
-  `eager_attention_forward`, with score s -> s + strength |s| where a text query meets an image key (query
-  heads reading the chosen KV heads). At strength 0 it is eager attention, bit for bit.
+  `eager_attention_forward` (Gemma 2's logit soft-capping included), with score s -> s + strength |s| where a
+  text query meets an image key (query heads reading the chosen KV heads). At strength 0 it is eager attention,
+  bit for bit.
 
 With `record=True`, the queries and the (intervened) keys of the intervened layers are kept per forward
-(`recorded[layer] = (q [S, heads, head_dim], k [S, kv_heads, head_dim])`, batch row 0), for the key
-statistics and the attention share. One `Intervene` may be active at a time.
+(`recorded[layer] = (q [S, heads, head_dim], k [S, kv_heads, head_dim])`, batch row 0), with the keys each query
+could see (`visible[layer]` [S, S], from the mask the layer received: causal, sliding window, bidirectional), for
+the key statistics and the attention share. One `Intervene` may be active at a time.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Intervene:
         self.image_token_id, self.maps, self.strength = adapter.image_token_id(model), maps, strength
         self.boost, self.heads, self.record = boost, heads, record
         self.recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.visible: dict[int, torch.Tensor] = {}
         self.is_image: torch.Tensor | None = None
         self._config = model.config.get_text_config()
         self._original: str = self._config._attn_implementation
@@ -84,7 +87,7 @@ class Intervene:
     def forward(self, inputs: Any, **kwargs: Any) -> Any:
         """One forward over `inputs` (processor outputs) under the intervention; returns the model output."""
         self.is_image = inputs["input_ids"] == self.image_token_id  # [B, S]
-        self.recorded = {}
+        self.recorded, self.visible = {}, {}
         with torch.inference_mode():
             return self.model(**inputs, **kwargs)
 
@@ -101,24 +104,27 @@ class Intervene:
             key = apply_map(key, self.is_image, self.maps[layer], self.strength, self.heads)
         if self.record:
             self.recorded[layer] = (query[0].transpose(0, 1).detach(), key[0].transpose(0, 1).detach())
+            self.visible[layer] = _visible(attention_mask, query, key)
         if self.boost is None:
             return base(module, query, key, value, attention_mask, **kwargs)
         return self._boosted(module, query, key, value, attention_mask, **kwargs)
 
     def _boosted(self, module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
-                 **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                 softcap: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """transformers' `eager_attention_forward`, op for op, with s + boost |s| on text-query x image-key scores."""
         assert self.is_image is not None and self.boost is not None
         groups = query.shape[1] // key.shape[1]
         key_states = key.repeat_interleave(groups, dim=1)  # = repeat_kv
         value_states = value.repeat_interleave(groups, dim=1)
         attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+        if softcap is not None:  # Gemma 2's logit soft-capping, op for op as its eager attention
+            attn_weights = attn_weights / softcap
+            attn_weights = torch.tanh(attn_weights)
+            attn_weights = attn_weights * softcap
         boosted = boost_mask(self.is_image.to(query.device), query.shape[1], groups, self.heads)  # [B, H, S, S]
         attn_weights = torch.where(boosted, attn_weights + self.boost * attn_weights.abs(), attn_weights)
-        mask = _additive_mask(attention_mask, attn_weights)
-        if mask is not None:
-            attn_weights = attn_weights + mask
+        attn_weights = attn_weights + _additive_mask(attention_mask, attn_weights)
         attn_weights = torch.nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
         attn_weights = torch.nn.functional.dropout(attn_weights, p=dropout, training=module.training)
         attn_output = torch.matmul(attn_weights, value_states)
@@ -140,7 +146,7 @@ def boost_mask(is_image: torch.Tensor, heads: int, groups: int, kv_heads: list[i
     return cell & chosen[None, :, None, None]
 
 
-def _additive_mask(mask: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor | None:
+def _additive_mask(mask: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
     """The layer's mask as eager attention adds it: float masks as they are; a boolean mask (sdpa_mask, True =
     attend) as 0 / dtype min; None (sdpa's causal shortcut) as the causal mask aligned to the last key."""
     if mask is not None and mask.dtype != torch.bool:
@@ -150,6 +156,12 @@ def _additive_mask(mask: torch.Tensor | None, scores: torch.Tensor) -> torch.Ten
         mask = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
     return torch.where(mask, zero, torch.finfo(scores.dtype).min)
+
+
+def _visible(mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """[S_q, S_k] True where a query of batch row 0 may attend a key, by the mask the layer received."""
+    scores = query.new_empty(query.shape[-2], key.shape[-2])
+    return _additive_mask(mask, scores)[..., :key.shape[-2]].reshape(-1, *scores.shape)[0] == 0
 
 
 def _base_function(module: Any, implementation: str) -> Callable[..., Any]:

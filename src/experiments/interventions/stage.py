@@ -135,7 +135,8 @@ def intervention_results(job: JobConfig, samples: list[Sample], layers: list[Lay
                     q, k = hook.recorded[i]
                     shares[i][side] = float(np.nanmean(image_share(
                         q, k, is_image, float(attention[i].scaling), CHUNK_BYTES,
-                        boost if side == "intervened" else None, cfg.heads)))
+                        boost if side == "intervened" else None, cfg.heads, hook.visible[i],
+                        getattr(attention[i], "attn_logit_softcapping", None))))
                     flat = k.flatten(1).float().cpu()
                     for modality in (True, False):
                         key_pools[(i, side)][modality].append(flat[torch.from_numpy(rows[modality])])

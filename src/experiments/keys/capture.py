@@ -67,7 +67,7 @@ class KeyCapture:
         if self.site == "pre_rope":
             for i in self.layers:
                 self._handles.append(self.adapter.key_module(self.decoder_layers[i]).register_forward_hook(
-                    lambda _m, _inp, out, i=i: self._store(f"layers.{i}.k_pre", out)))
+                    lambda _m, _inp, out, i=i: self._store(f"layers.{i}.k_pre", self._token_major(out))))
         else:
             for i in range(self.layers[-1] + 1):
                 self._handles.append(self.decoder_layers[i].register_forward_hook(
@@ -79,7 +79,7 @@ class KeyCapture:
                     lambda _m, args, kwargs, i=i: self._stash(i, "rope", _position_embeddings(args, kwargs)),
                     with_kwargs=True))
                 self._handles.append(self.adapter.query_module(layer).register_forward_hook(
-                    lambda _m, _inp, out, i=i: self._stash(i, "q", out)))
+                    lambda _m, _inp, out, i=i: self._stash(i, "q", self._token_major(out))))
         self._handles.append(self.decoder_layers[self.layers[-1]].register_forward_hook(self._stop))
         return self
 
@@ -139,6 +139,10 @@ class KeyCapture:
         cos, sin = pending["rope"]
         q_post, _ = rotate(q, q[:, :1], cos, sin)
         return q_post.transpose(1, 2).flatten(2)
+
+    def _token_major(self, out: torch.Tensor) -> torch.Tensor:
+        """A key / query module's output with tokens on dim 1: [B, S, ...] (`adapter.heads_first` transposed)."""
+        return out.transpose(1, 2) if self.adapter.heads_first else out
 
     def _store(self, name: str, keys: torch.Tensor) -> None:
         """Keep [B, S, heads*head_dim] (a per-head norm's [B, S, heads, head_dim] flattened), on the model's device."""

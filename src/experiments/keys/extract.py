@@ -189,7 +189,8 @@ def _prepare(adapter: Any, processor: Any, batch: list[tuple[int, Sample]]
         return kept, None, skipped
     inputs = adapter.model_inputs(processor, decoded, offsets=True)
     inputs["is_content"] = adapter.content_mask(processor, decoded, inputs)
-    del inputs["offset_mapping"]
+    for where in ("offset_mapping", "text_replacement_offsets"):  # content_mask's, not the model's
+        inputs.pop(where, None)
     return kept, inputs, skipped
 
 

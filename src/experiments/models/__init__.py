@@ -20,10 +20,17 @@ from typing import Any
 from experiments.config import ModelConfig
 from experiments.hub import HubError, hub_problem
 from experiments.models.adapter import ModelAdapter
+from experiments.models.gemma3 import GEMMA3
+from experiments.models.idefics3 import IDEFICS3
+from experiments.models.internvl import INTERNVL
 from experiments.models.llava import LLAVA
 from experiments.models.llava_next import LLAVA_NEXT
+from experiments.models.llava_onevision import LLAVA_ONEVISION
+from experiments.models.mistral3 import MISTRAL3
+from experiments.models.paligemma import PALIGEMMA
 from experiments.models.qwen2_5_vl import QWEN2_5_VL
 from experiments.models.qwen2_vl import QWEN2_VL
+from experiments.models.qwen3_vl import QWEN3_VL
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +70,8 @@ def _register_installed() -> None:
     """The built-in families, then those advertised by installed packages (entry-point group `ENTRY_POINTS`)."""
     from importlib.metadata import entry_points
 
-    for adapter in (LLAVA, LLAVA_NEXT, QWEN2_5_VL, QWEN2_VL):
+    for adapter in (LLAVA, LLAVA_NEXT, QWEN2_5_VL, QWEN2_VL, IDEFICS3, INTERNVL, MISTRAL3, QWEN3_VL, LLAVA_ONEVISION,
+                    GEMMA3, PALIGEMMA):
         register_adapter(adapter)
     for entry in entry_points(group=ENTRY_POINTS):
         adapter = entry.load()

@@ -59,7 +59,8 @@ QWEN_CHAT_TEMPLATE = (  # as shipped with Qwen/Qwen2-VL-*-Instruct and Qwen/Qwen
 )
 
 
-def _corpus() -> list[str]:
+def training_corpus() -> list[str]:
+    """What the offline tokenizers train on: every word the synthetic benchmark and the chat templates emit."""
     return (CORPUS + vocabulary_text()) * 10
 
 
@@ -72,7 +73,7 @@ def llama_tokenizer(image_token: str = "<image>") -> Any:
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
-    tok.train_from_iterator(_corpus(), trainers.BpeTrainer(
+    tok.train_from_iterator(training_corpus(), trainers.BpeTrainer(
         vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], show_progress=False))
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
@@ -82,8 +83,12 @@ def llama_tokenizer(image_token: str = "<image>") -> Any:
     return tokenizer
 
 
-def qwen_tokenizer() -> Any:
-    """Byte-level BPE with the 14 Qwen2-VL special tokens (ids 0-13)."""
+def qwen_tokenizer(specials: list[str] = QWEN_SPECIALS, **named_tokens: str) -> Any:
+    """Byte-level BPE with `specials` as ids 0.. (by default the 14 Qwen2-VL special tokens, ids 0-13).
+
+    `named_tokens` (e.g. `context_image_token="<IMG_CONTEXT>"`) become tokenizer attributes saved with it, the
+    way InternVL's -hf tokenizer names its image tokens for its processor.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -92,8 +97,37 @@ def qwen_tokenizer() -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.train_from_iterator(_corpus(), trainers.BpeTrainer(
-        vocab_size=800, special_tokens=QWEN_SPECIALS, show_progress=False,
+    tok.train_from_iterator(training_corpus(), trainers.BpeTrainer(
+        vocab_size=800, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   padding_side="right", additional_special_tokens=QWEN_SPECIALS[1:])
+                                   padding_side="right", additional_special_tokens=specials[1:], **named_tokens)
+
+
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]  # ids 0-6
+
+
+def gemma_tokenizer(named: dict[str, str] | None = None) -> Any:
+    """`GemmaTokenizer` (spaces as "▁", split after each space, byte fallback, `<bos>` prepended) over a trained BPE.
+
+    Args:
+        named: special tokens the family's processor reads as tokenizer attributes, name -> token (Gemma 3:
+            `image_token`, `boi_token`, `eoi_token`); they follow `GEMMA_SPECIALS` in the vocabulary.
+    """
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import GemmaTokenizer
+
+    named = named or {}
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    tok.train_from_iterator(training_corpus(), trainers.BpeTrainer(
+        vocab_size=700, special_tokens=GEMMA_SPECIALS + list(named.values()), show_progress=False))
+    trained = json.loads(tok.to_str())["model"]
+    merges: Any = [tuple(m) for m in trained["merges"]]  # `tokenizers` takes pairs (typed as str in transformers)
+    tokenizer = GemmaTokenizer(vocab=trained["vocab"], merges=merges,
+                               add_bos_token=True, padding_side="right", extra_special_tokens=named)
+    tokenizer.add_special_tokens({"additional_special_tokens": GEMMA_SPECIALS[5:]})
+    return tokenizer

@@ -16,30 +16,11 @@ between `<|vision_start|>` and `<|vision_end|>` (which count as text). The proce
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
-from experiments.models.adapter import ModelAdapter
+from experiments.models.adapter import ModelAdapter, image_only_processor_class
 from experiments.models.fast_vision import use_grouped_window_attention
 from experiments.models.offline import QWEN_CHAT_TEMPLATE, QWEN_SPECIALS, qwen_tokenizer
-
-
-@cache
-def image_only_processor_class(processor: str = "Qwen2_5_VLProcessor") -> Any:
-    """transformers' `processor` class (a Qwen-VL processor) without its video processor.
-
-    The video processor needs torchvision, which keyspace does not require. ProcessorMixin takes
-    its sub-processors from the `__init__` signature, so dropping `video_processor` there gives an
-    image + text processor that loads real checkpoints and the tiny ones alike.
-    """
-    import transformers
-
-    parent = getattr(transformers, processor)
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        parent.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    return type(processor.replace("Processor", "ImageOnlyProcessor"), (parent,), {"__init__": __init__})
 
 
 def pixel_bounds(min_pixels: int, max_pixels: int) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Used for the embedded tiny models (saved once, atomically and under a file lock,
 `from_pretrained` exactly like a downloaded checkpoint) and for full-size smoke runs and GPU
 benchmarks (`model.build_dir=null`, the full-size configs' default: built in memory on the device,
 same classes and FLOPs as the real checkpoints, no download, nothing written). The architecture's
-special-token ids are tied to the offline tokenizer. Same seed, same weights.
+special-token ids are tied to the offline tokenizer, and weights that transformers initialises to a constant
+a trained checkpoint overwrites are drawn by the adapter's `random_init` functions. Same seed, same weights.
 
 A saved build lives in `<model.build_dir>/<hash>/`, the hash taken over everything that determines it
 (family, seed, architecture, processor settings), so an override such as
@@ -58,6 +59,8 @@ def build_random(adapter: ModelAdapter, cfg: ModelConfig, device: str, dtype: An
     with torch.device(device):
         model = getattr(transformers, adapter.model_class)._from_config(
             config, dtype=dtype, attn_implementation=cfg.attn_implementation)
+    for initialise in adapter.random_init:
+        initialise(model)
     return model.eval(), processor
 
 

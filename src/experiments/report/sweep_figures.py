@@ -14,8 +14,10 @@ Spearman's rho per layer (`report.attention_figures`; rows of equal model, layer
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -31,17 +33,33 @@ from experiments.report.figures import (
 )
 from experiments.report.schema import headline
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 LAYER_ORDER = ["early", "middle", "late"]
 MAX_PANELS_PER_ROW = 3  # Figure 2 wraps, e.g. the six kernels of a kernel ablation in 2 rows
 
 
-def tsne_grid(embedding: pd.DataFrame, stem: Path, title: str) -> list[Path]:
-    """Rows = models, columns = benchmark x layer; returns the PNG and PDF paths.
+def tsne_grid(embedding: pd.DataFrame, stem: Path, title: str,
+              layer_indices: Mapping[tuple[str, str], int] | None = None) -> list[Path]:
+    """Figure 1 (`tsne_figure`) written as PNG and PDF; returns their paths."""
+    return _save_both(tsne_figure(embedding, title, layer_indices), stem)
+
+
+def tsne_figure(embedding: pd.DataFrame, title: str,
+                layer_indices: Mapping[tuple[str, str], int] | None = None) -> Figure:
+    """Figure 1: a [models, benchmarks x layers] grid of Axes, tokens coloured by modality.
+
+    Rows are models (sorted; the row's y label is the model), columns benchmark x layer (benchmarks sorted, layers
+    early < middle < late < indices; the top row's titles read `<benchmark> · <layer>`): 2 x 6 for the paper's
+    2 models, 2 benchmarks and 3 layers. A panel without points says "no job".
 
     Args:
         embedding: Rows x, y, modality, model, benchmark, layer (one job's points per model/benchmark/layer).
-        stem: Output path without suffix.
         title: Figure title.
+        layer_indices: (model, layer) -> decoder-layer index, written in the panel's corner, since a named
+            layer sits at a different index in models of different depth (LLaVA-1.5-7B middle = 16, Qwen2.5-VL-7B
+            middle = 14).
     """
     from matplotlib.lines import Line2D
 
@@ -60,6 +78,10 @@ def tsne_grid(embedding: pd.DataFrame, stem: Path, title: str) -> list[Path]:
                 ax.scatter(part["x"], part["y"], s=4, alpha=0.7, color=colour, linewidths=0, label=modality)
             if data.empty:
                 ax.text(0.5, 0.5, "no job", ha="center", va="center", transform=ax.transAxes, color="grey")
+            elif layer_indices and (model, layer) in layer_indices and layer != str(layer_indices[model, layer]):
+                ax.text(0.03, 0.97, f"layer {layer_indices[model, layer]}", ha="left", va="top", fontsize=7,
+                        color="dimgrey", transform=ax.transAxes, zorder=3,
+                        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
@@ -70,7 +92,7 @@ def tsne_grid(embedding: pd.DataFrame, stem: Path, title: str) -> list[Path]:
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
     fig.suptitle(f"t-SNE of attention keys\n{title}", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return _save_both(fig, stem)
+    return fig
 
 
 def comparison_boxplots(results: pd.DataFrame, stem: Path, title: str) -> list[Path]:

@@ -23,9 +23,10 @@ chosen rows of one layer through a memory map of each shard's file (safetensors'
 8-byte header length, a JSON header, raw row-major data), so memory follows the rows asked for, not
 the benchmark.
 
-Hashed: model (name, family, weights, path, the hub commit the revision resolves to, dtype resolved for
-the device; for random weights also the seed, the architecture and the processor settings), the
-benchmark config, key site, per-sample token cap, key seed, store dtype (resolved) and shard size.
+Hashed: model (name, family, weights, path, the hub commit the revision resolves to, dtype resolved for the
+device; for random weights also the seed, the architecture and the processor settings), the benchmark config
+(with the hub commit its rows were read from in place of the requested revision), key site, per-sample token
+cap, key seed, store dtype (resolved) and shard size.
 Excluded on purpose: layers (stored per file), batch size, workers and attention implementation (they
 change speed, not keys, beyond float rounding) and everything downstream of the keys (metrics, splits,
 report, logger).
@@ -65,8 +66,12 @@ def store_dtype(cfg: JobConfig) -> str:
     return str(resolve_dtype(cfg.model, resolve_device(cfg.model.device))).removeprefix("torch.")
 
 
-def cache_descriptor(cfg: JobConfig) -> dict[str, Any]:
-    """The resolved config subset that determines the keys (see the module docstring for what is excluded)."""
+def cache_descriptor(cfg: JobConfig, benchmark_commit: str | None) -> dict[str, Any]:
+    """The resolved config subset that determines the keys (see the module docstring for what is excluded).
+
+    `benchmark_commit`: the hub commit the benchmark's rows were read from (`BenchmarkData.commit`), hashed in
+    place of the requested `benchmark.revision`, as the model's commit is in place of `model.revision`.
+    """
     m = cfg.model
     return {
         "model": {"name": m.name, "family": m.family, "weights": m.weights, "path": m.path,
@@ -74,7 +79,7 @@ def cache_descriptor(cfg: JobConfig) -> dict[str, Any]:
                   "dtype": str(resolve_dtype(m, resolve_device(m.device))).removeprefix("torch."),
                   "processor": m.processor,
                   **({"seed": m.seed, "architecture": m.architecture} if m.weights == "random" else {})},
-        "benchmark": asdict(cfg.benchmark),
+        "benchmark": asdict(cfg.benchmark) | {"revision": benchmark_commit},
         "site": cfg.keys.site,
         "max_tokens_per_sample": cfg.keys.max_tokens_per_sample,
         "seed": cfg.keys.seed,

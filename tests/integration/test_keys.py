@@ -173,6 +173,16 @@ def test_sample_without_image_is_skipped_with_reason(tiny, caplog):
     assert "skipping sample no-image" in caplog.text
 
 
+def test_batch_whose_first_sample_has_no_image(tiny):
+    """Idefics3's, InternVL's and PaliGemma's processors convert their outputs twice and failed on this batch
+    (`adapter.converted_once`); every family skips the text-only sample and keeps the other."""
+    sample = _samples(1)[0]
+    text_only = Sample(id="no-image", parts=("Which colour is the sky?",))
+    kept, skipped = extract_keys(tiny, [(0, text_only), (1, sample)], [0], "post_rope", batch_size=2,
+                                 max_tokens_per_sample=None, seed=0, store_dtype=torch.float32)
+    assert [r.sample_id for r in kept] == [sample.id] and [s["sample_id"] for s in skipped] == ["no-image"]
+
+
 def test_sample_whose_image_fails_to_decode_is_skipped_with_reason(tiny):
     """Decoding happens per batch at extraction: a truncated image skips its sample, the others are kept."""
     samples = _samples(2)

@@ -204,3 +204,22 @@ def image_only_processor_class(processor: str) -> Any:
     __init__.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[p for p in signature.parameters.values() if p.name != "video_processor"])
     return type(processor.replace("Processor", "ImageOnlyProcessor"), (parent,), {"__init__": __init__})
+
+
+@cache
+def converted_once(parent: type, drop: tuple[str, ...] = ()) -> type:
+    """`parent`, a processor class whose `__call__` converts its outputs to tensors a second time without the base
+    class's `skip_tensor_conversion` (Idefics3's, InternVL's, PaliGemma's), with its outputs converted once, the
+    base class's list left as Python objects: else `text_replacement_offsets` (for `content_mask`) fail to convert
+    on a batch whose first prompt has no image. Outputs named in `drop` are removed (PaliGemma's training `labels`).
+    """
+    from transformers import BatchFeature
+
+    def __call__(self: Any, *args: Any, return_tensors: str | None = None, **kwargs: Any) -> Any:
+        outputs = parent.__call__(self, *args, **kwargs)
+        for name in drop:
+            outputs.pop(name, None)
+        return BatchFeature(dict(outputs), tensor_type=return_tensors,
+                            skip_tensor_conversion=self.skip_tensor_conversion)
+
+    return type(parent.__name__, (parent,), {"__call__": __call__})

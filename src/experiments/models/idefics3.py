@@ -21,10 +21,9 @@ newline after each row of tiles; these count as text, like Qwen's vision start/e
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
-from experiments.models.adapter import ModelAdapter
+from experiments.models.adapter import ModelAdapter, converted_once
 from experiments.models.offline import training_corpus
 
 BOS, PAD = "<|begin_of_text|>", "<|reserved_special_token_0|>"  # Llama 3's; PAD is the checkpoint's pad (128002)
@@ -62,22 +61,11 @@ def llama3_tokenizer() -> Any:
                                    pad_token=PAD, padding_side="right", additional_special_tokens=SPECIALS[3:])
 
 
-@cache
 def processor_class() -> Any:
-    """Idefics3Processor whose outputs keep `text_replacement_offsets` a list (for `content_mask`).
+    """Idefics3Processor, its outputs converted to tensors once (`adapter.converted_once`)."""
+    from transformers import Idefics3Processor  # type: ignore[attr-defined]  # lazy export
 
-    Its own `__call__` turns every output into a tensor, which fails on a batch whose first prompt has no image
-    (an empty list of offsets); here the outputs are converted as the other processors convert theirs, skipping
-    `skip_tensor_conversion`. Saved under this class name, so a saved processor loads with this class.
-    """
-    from transformers import BatchFeature, Idefics3Processor  # type: ignore[attr-defined]  # lazy export
-
-    def __call__(self, images=None, text=None, **kwargs):
-        tensors = kwargs.pop("return_tensors", None)
-        outputs = Idefics3Processor.__call__(self, images=images, text=text, **kwargs)
-        return BatchFeature(dict(outputs), tensor_type=tensors, skip_tensor_conversion=self.skip_tensor_conversion)
-
-    return type("Idefics3ListOffsetsProcessor", (Idefics3Processor,), {"__call__": __call__})
+    return converted_once(Idefics3Processor)
 
 
 def settings(longest_edge: int | None = None, max_image_size: int | None = None,

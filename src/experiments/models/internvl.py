@@ -19,10 +19,9 @@ when there is more than one), and each tile gives `image_seq_length` = (tile / p
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
-from experiments.models.adapter import ModelAdapter, image_only_processor_class
+from experiments.models.adapter import ModelAdapter, converted_once, image_only_processor_class
 from experiments.models.offline import QWEN_SPECIALS, qwen_tokenizer
 
 # InternVL's special tokens after Qwen2.5's, and the names its processor reads them by.
@@ -41,24 +40,10 @@ CHAT_TEMPLATE = (  # as shipped with OpenGVLab/InternVL3-*-hf (no default system
 )
 
 
-@cache
 def processor_class() -> Any:
-    """InternVLProcessor without its video processor (which needs torchvision), returning tensors as others do.
-
-    `InternVLProcessor.__call__` wraps its outputs again without the base class's list of outputs that stay
-    Python objects, so the `text_replacement_offsets` of a batch whose first prompt has no image fail to
-    convert. Here it runs without tensors and its outputs are converted once, with that list.
-    """
-    from transformers.feature_extraction_utils import BatchFeature
-
-    parent = image_only_processor_class("InternVLProcessor")
-
-    def __call__(self, images=None, text=None, videos=None, return_tensors=None, **kwargs):
-        outputs = parent.__call__(self, images=images, text=text, videos=videos, **kwargs)
-        return BatchFeature(dict(outputs), tensor_type=return_tensors,
-                            skip_tensor_conversion=self.skip_tensor_conversion)
-
-    return type(parent.__name__, (parent,), {"__call__": __call__})
+    """InternVLProcessor without its video processor (which needs torchvision), its outputs converted to tensors
+    once (`adapter.converted_once`)."""
+    return converted_once(image_only_processor_class("InternVLProcessor"))
 
 
 def load_processor(path: str, revision: str | None, **kwargs: Any) -> Any:

@@ -20,10 +20,9 @@ which sdpa cannot do, so PaliGemma 2 runs with eager attention.
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
-from experiments.models.adapter import ModelAdapter
+from experiments.models.adapter import ModelAdapter, converted_once
 from experiments.models.offline import gemma_tokenizer
 
 PATCH = 14
@@ -38,22 +37,13 @@ PROMPT_TEMPLATE = (
 )
 
 
-@cache
 def processor_class() -> Any:
-    """transformers' `PaliGemmaProcessor` without the training `labels` in its output (passed to the forward they
-    would ask for a loss over every position, which `logits_to_keep=1` cannot give), and with its output's
-    `text_replacement_offsets` left as Python lists: its `__call__` converts the base class's output to tensors
-    a second time without the base class's keys to skip, which fails on a batch whose first sample has no image.
-    """
-    from transformers import BatchFeature, PaliGemmaProcessor  # type: ignore[attr-defined]  # lazy export
+    """transformers' `PaliGemmaProcessor`, its outputs converted to tensors once (`adapter.converted_once`) and
+    without the training `labels` (passed to the forward they would ask for a loss over every position, which
+    `logits_to_keep=1` cannot give)."""
+    from transformers import PaliGemmaProcessor  # type: ignore[attr-defined]  # lazy export
 
-    def __call__(self: Any, *args: Any, return_tensors: str | None = None, **kwargs: Any) -> Any:
-        outputs = PaliGemmaProcessor.__call__(self, *args, **kwargs)
-        outputs.pop("labels", None)
-        return BatchFeature(dict(outputs), tensor_type=return_tensors,
-                            skip_tensor_conversion=["text_replacement_offsets"])
-
-    return type("KeyspacePaliGemmaProcessor", (PaliGemmaProcessor,), {"__call__": __call__})
+    return converted_once(PaliGemmaProcessor, drop=("labels",))
 
 
 def load_processor(path: str, revision: str | None, **kwargs: Any) -> Any:
